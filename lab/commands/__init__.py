@@ -1,0 +1,1 @@
+"""Subcommands of the ``lab`` CLI; every module here defines ``register(subparsers)``."""
