@@ -1,0 +1,196 @@
+"""The conservative optimizer of thesis section 2.5.3.
+
+Per parameter element, four proposals for the step, all with the sign of the
+gradient ``g`` (so the most conservative one is simply the smallest in magnitude):
+
+    rule 1  alpha1 * sign(g)          a cap on the change of a parameter value
+    rule 2  alpha2 * g                a maximum learning rate
+    rule 3  alpha3 * g / sqrt(ghat2)  rmsprop: same-size steps in parameter space
+    rule 4  alpha4 * g / ghat2        a cap on the change of the objective (~ g * step)
+
+``ghat2`` is the largest ("most alarming") of three decaying averages of ``g**2``,
+``avg <- g**2 / gamma + (1 - 1/gamma) * avg`` with ``gamma = 1, e**3, e**6``.
+The thesis minimises, so parameters move by ``theta -= delta``.
+
+Choices the thesis leaves open, and what this module does:
+
+* **Averages are updated with the current gradient before the step is computed.**
+  The thesis says the iteration "makes an update every time g is computed" and that a
+  small gamma makes large gradients have "an almost immediate effect"; with gamma = 1
+  that average *is* the current ``g**2`` only under this reading. A consequence worth
+  knowing: ``ghat2 >= g**2``, so rule 3 never proposes more than ``alpha3`` and the
+  divisions are safe wherever ``g != 0`` (elements with ``g == 0`` do not move and are
+  counted as ``"zero_grad"``, not as a rule).
+* **Initialisation "high"** (the thesis: fig 2.13's early rule-4 dominance is "an
+  artefact of initialization ... the initial gradient size estimates are high"). The
+  thesis gives no value and the parameter groups differ in gradient scale by orders of
+  magnitude, so the default is *relative*: at the first step with a non-zero gradient
+  the gamma > 1 averages start at ``init_factor * max(g**2, mean(g**2))`` (the mean over
+  that parameter tensor, so elements whose first gradient happens to be 0 start high too).
+  With ``init_factor = 100`` the estimate starts 10x above the first gradient's RMS
+  and the gamma = e**6 average forgets it after a few thousand steps, giving the
+  rule-4-first, rule-3-later pattern of fig 2.13. ``init_sq=<float>`` instead starts
+  every average at that absolute value (the thesis's literal reading).
+* **Default alphas** (``DEFAULT_ALPHAS``), see its comment: chosen by unit analysis
+  for the capsule model's objective (squared error summed over the pixels of an image,
+  averaged over the minibatch) and checked on a small MNIST autoencoder
+  (``tests/test_optim.py`` keeps the check small; the calibration is described below).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from lab.backend import get_array_module
+from lab.optim.base import Optimizer
+
+#: (alpha1, alpha2, alpha3, alpha4). Units and why these values:
+#:   alpha1 = 0.1: no parameter moves more than 0.1 in one step (weights are O(0.01-1),
+#:       poses O(1)): an emergency brake the thesis says almost never dominates.
+#:   alpha2 = 1.0: a plain learning rate; it only dominates for elements whose gradient
+#:       RMS is below alpha3/alpha2 = 1e-3, i.e. nearly irrelevant ones (the thesis found
+#:       rule 2 "simply useless": never binding with its best alphas).
+#:   alpha3 = 1e-3: typical step in parameter units, the rmsprop/Adam default.
+#:   alpha4 = 1e-3: rule 4 takes over from rule 3 where sqrt(ghat2) > alpha4/alpha3 = 1,
+#:       i.e. where one element's gradient RMS exceeds 1 (squared-error units per image);
+#:       then it changes the objective by at most ~alpha4 per element and step.
+#: Calibration: on a 784-256-784 logistic autoencoder on MNIST (batch 100, objective as
+#: above) these settle with rule 3 dominant for most elements and rule 4 for the
+#: large-gradient ones (output biases, weights of active units), loss close to Adam(1e-3).
+DEFAULT_ALPHAS: tuple[float, float, float, float] = (0.1, 1.0, 1e-3, 1e-3)
+#: gamma = e^0, e^3, e^6 (thesis 2.5.3).
+DEFAULT_GAMMAS: tuple[float, ...] = (1.0, math.exp(3.0), math.exp(6.0))
+RULE_NAMES = ("rule1", "rule2", "rule3", "rule4", "zero_grad")
+
+
+def conservative_step(g, ghat2, alphas: Sequence[float]):
+    """The step ``delta`` (to subtract) and the winning rule per element (0..3, 4 = g==0).
+
+    ``ghat2`` must be >= 0 and > 0 wherever ``g != 0`` (as it is when the averages were
+    updated with ``g`` first). Pure function: the optimizer and the tests share it.
+    """
+    xp = get_array_module(g, ghat2)
+    a1, a2, a3, a4 = (float(a) for a in alphas)
+    mag_g = xp.abs(g)
+    nonzero = mag_g > 0
+    v = xp.where(ghat2 > 0, ghat2, 1)  # only g == 0 elements can have ghat2 == 0
+    # Proposals in magnitude; all carry sign(g), so the most conservative is the smallest.
+    mag = xp.where(nonzero, a1, 0).astype(g.dtype, copy=False)
+    winner = xp.zeros(g.shape, dtype=xp.int8)
+    for rule, proposal in ((1, a2 * mag_g), (2, a3 * mag_g / xp.sqrt(v)), (3, a4 * mag_g / v)):
+        better = proposal < mag
+        mag = xp.where(better, proposal, mag)
+        winner = xp.where(better, xp.int8(rule), winner)
+    winner = xp.where(nonzero, winner, xp.int8(4))
+    return xp.sign(g) * mag, winner
+
+
+class ConservativeOptimizer(Optimizer):
+    """Thesis 2.5.3: the smallest of four step proposals, per parameter element.
+
+    Parameters
+    ----------
+    params : dict name -> Tensor (names key the state and the per-group statistics),
+        or a list of Tensors (named "0", "1", ...).
+    alphas : (alpha1, alpha2, alpha3, alpha4), see ``DEFAULT_ALPHAS``.
+    gammas : the decay times of the ``g**2`` averages; ``ghat2`` is their maximum.
+    init_sq : None for the relative high start (``init_factor`` times the first
+        gradient's square, see the module docstring) or a float: the absolute start value.
+    init_factor : the multiplier of the relative start.
+    overrides : fnmatch pattern on parameter names -> {"alphas": ..., "init_sq": ...,
+        "init_factor": ...}; the first matching pattern wins.
+    record_rules : count which rule won (fig 2.13); costs one small transfer per step.
+
+    After ``step()``, ``last_rule_fractions`` gives ``{"rule1".."rule4", "zero_grad"}``
+    fractions of all updated parameter elements; ``rule_fractions(by="group")`` or
+    ``by="param"`` splits them by parameter group.
+    """
+
+    _hyper_keys = ("alphas", "init_sq", "init_factor")
+    _array_slots = ("avg0", "avg1", "avg2", "avg3", "avg4", "avg5")
+    rule_names = RULE_NAMES
+
+    def __init__(self, params, alphas: Sequence[float] = DEFAULT_ALPHAS,
+                 gammas: Sequence[float] = DEFAULT_GAMMAS, init_sq: float | None = None,
+                 init_factor: float = 100.0,
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                 record_rules: bool = True):
+        self.alphas = _check_alphas(alphas)
+        self.gammas = tuple(float(g) for g in gammas)
+        if not self.gammas or any(g < 1 for g in self.gammas):
+            raise ValueError(f"gammas must be >= 1 (1 = no memory), got {gammas}")
+        if len(self.gammas) > len(self._array_slots):
+            raise ValueError(f"at most {len(self._array_slots)} averages")
+        self.init_sq = None if init_sq is None else float(init_sq)
+        self.init_factor = float(init_factor)
+        self.record_rules = bool(record_rules)
+        super().__init__(params, overrides)
+        for over in self.overrides.values():
+            if "alphas" in over:
+                over["alphas"] = _check_alphas(over["alphas"])
+
+    def _init_slots(self, data) -> dict[str, Any]:
+        xp = get_array_module(data)
+        slots: dict[str, Any] = {f"avg{k}": xp.zeros_like(data) for k in range(len(self.gammas))}
+        slots["ready"] = 0  # 1 once the averages got their high start value
+        return slots
+
+    def _update(self, name, data, g, slots, hyper):
+        xp = get_array_module(data)
+        g2 = g * g
+        if not slots["ready"]:
+            if hyper["init_sq"] is not None:
+                start = xp.full_like(data, hyper["init_sq"])
+            else:
+                mean = g2.mean()
+                if float(mean) == 0.0:
+                    start = None  # nothing seen yet: wait for the first non-zero gradient
+                else:
+                    start = hyper["init_factor"] * xp.maximum(g2, mean)
+            if start is not None:
+                for k in range(len(self.gammas)):
+                    slots[f"avg{k}"][...] = start
+                slots["ready"] = 1
+        ghat2 = None
+        for k, gamma in enumerate(self.gammas):
+            avg = slots[f"avg{k}"]
+            # Updated before the step is computed (module docstring: thesis reading).
+            if gamma == 1.0:
+                avg[...] = g2
+            else:
+                avg *= 1.0 - 1.0 / gamma
+                avg += g2 / gamma
+            ghat2 = avg if ghat2 is None else xp.maximum(ghat2, avg)
+        alphas = [a * self.step_scale for a in hyper["alphas"]]
+        delta, winner = conservative_step(g, ghat2, alphas)
+        data -= delta.astype(data.dtype, copy=False)
+        if self.record_rules:
+            return xp.bincount(winner.ravel().astype(xp.int32), minlength=len(RULE_NAMES))
+        return None
+
+    def _scalars(self) -> dict[str, Any]:
+        return {"alphas": list(self.alphas), "gammas": list(self.gammas),
+                "init_sq": self.init_sq, "init_factor": self.init_factor}
+
+    def _load_scalars(self, d) -> None:
+        if "alphas" in d:
+            self.alphas = _check_alphas(d["alphas"])
+        if "gammas" in d:
+            self.gammas = tuple(float(g) for g in d["gammas"])
+        if "init_sq" in d:
+            self.init_sq = None if d["init_sq"] is None else float(d["init_sq"])
+        if "init_factor" in d:
+            self.init_factor = float(d["init_factor"])
+
+    def load_state_dict(self, d) -> None:
+        super().load_state_dict(d)
+        for slots in self.state.values():
+            if "ready" in slots:
+                slots["ready"] = int(slots["ready"])
+
+
+def _check_alphas(alphas) -> tuple[float, float, float, float]:
+    alphas = tuple(float(a) for a in alphas)
+    if len(alphas) != 4 or any(not (a > 0) for a in alphas):
+        raise ValueError(f"alphas must be four positive numbers, got {alphas}")
+    return alphas
