@@ -59,7 +59,8 @@ class RenderTemplates(Function):
         self.size = as_size(size)
 
     # -- input checks ------------------------------------------------------------
-    def _check(self, xp, templates, m, intensity):
+    @staticmethod
+    def _check(xp, templates, m, intensity):
         for name, a in (("templates", templates), ("world_to_template", m), ("intensity", intensity)):
             if not xp.issubdtype(a.dtype, xp.floating):
                 raise TypeError(f"render_templates: {name} must be floating point, got {a.dtype}")
@@ -81,121 +82,118 @@ class RenderTemplates(Function):
         K, T0, T1 = templates.shape
         B = m.shape[0]
         H, W = self.size
+        N = H * W
         R, C = T0 + 2 * _PAD, T1 + 2 * _PAD          # cells per template (rows, columns)
-        # zero-padded templates with one extra row/column so every cell has 4 corners
+        # Zero-padded templates, one extra row/column so that every cell has 4 corners,
+        # and each cell's bilinear polynomial c0 + c1 wv + c2 wu + c3 wu wv, stored as
+        # 4 adjacent numbers so that one gather fetches all of them.
         P = xp.zeros((K, R + 1, C + 1), dtype=dt)
         P[:, _PAD:_PAD + T0, _PAD:_PAD + T1] = templates
-        p00, p01 = P[:, :-1, :-1], P[:, :-1, 1:]
-        p10, p11 = P[:, 1:, :-1], P[:, 1:, 1:]
-        # the bilinear polynomial of every cell: c0 + c1 wv + c2 wu + c3 wu wv
-        tables = [xp.ascontiguousarray(t).reshape(-1) for t in
-                  (p00, p01 - p00, p10 - p00, p11 - p10 - p01 + p00)]
+        p00, p01, p10, p11 = P[:, :-1, :-1], P[:, :-1, 1:], P[:, 1:, :-1], P[:, 1:, 1:]
+        table = xp.stack([p00, p01 - p00, p10 - p00, p11 - p10 - p01 + p00], axis=-1)  # (K,R,C,4)
+        table = xp.ascontiguousarray(table).reshape(K, R * C, 4)
+        item = xp.dtype(f"V{4 * table.itemsize}")   # one opaque item per cell: a 4-number gather
 
         p0 = pixel_centres(H, xp, dt)
         p1 = pixel_centres(W, xp, dt)
-        mf = m.reshape(B * K, 3, 3)
-        # shifted template pixel coordinates: u = T0 q0 - 0.5 + PAD, separable in (i, j)
-        U = T0 * (mf[:, 0, 0, None] * p0 + mf[:, 0, 2, None]) + (_PAD - 0.5)   # (BK, H)
-        Uj = T0 * (mf[:, 0, 1, None] * p1)                                        # (BK, W)
-        V = T1 * (mf[:, 1, 0, None] * p0 + mf[:, 1, 2, None]) + (_PAD - 0.5)
-        Vj = T1 * (mf[:, 1, 1, None] * p1)
-        koff = (xp.arange(B * K) % K) * (R * C)                                   # cell offset of template k
+        # shifted template pixel coordinates u = T0 q0 - 0.5 + PAD are separable in (i, j)
+        mk = xp.ascontiguousarray(m.transpose(1, 0, 2, 3))                        # (K, B, 3, 3)
+        U = T0 * (mk[..., 0, 0, None] * p0 + mk[..., 0, 2, None]) + (_PAD - 0.5)  # (K, B, H)
+        Uj = T0 * (mk[..., 0, 1, None] * p1)                                      # (K, B, W)
+        V = T1 * (mk[..., 1, 0, None] * p0 + mk[..., 1, 2, None]) + (_PAD - 0.5)
+        Vj = T1 * (mk[..., 1, 1, None] * p1)
+        umax, vmax = T0 + _PAD + 0.5, T1 + _PAD + 0.5   # beyond: two zero pixels, value and slope 0
 
-        n = B * K
-        step = max(1, CHUNK_PIXELS // (H * W))
-        val = xp.empty((n, H, W), dtype=dt)
-        saved = {name: xp.empty((n, H, W), dtype=dt) for name in ("wu", "wv", "du", "c1", "c3")}
-        idx_all = xp.empty((n, H, W), dtype=xp.intp)
-        umax, vmax = T0 + _PAD + 0.5, T1 + _PAD + 0.5
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            u = U[a:b, :, None] + Uj[a:b, None, :]
-            v = V[a:b, :, None] + Vj[a:b, None, :]
-            xp.clip(u, 0.0, umax, out=u)
-            xp.clip(v, 0.0, vmax, out=v)
-            fu, fv = xp.floor(u), xp.floor(v)
-            wu = xp.subtract(u, fu, out=saved["wu"][a:b])
-            wv = xp.subtract(v, fv, out=saved["wv"][a:b])
-            fu *= C
-            fu += fv
-            fu += koff[a:b, None, None]
-            idx = idx_all[a:b]
-            idx[...] = fu
-            c0, c1, c2, c3 = (xp.take(t, idx) for t in tables)
-            du = xp.multiply(c3, wv, out=saved["du"][a:b])
-            du += c2                                    # dval/dwu = c2 + c3 wv
-            out = xp.multiply(wu, du, out=val[a:b])
-            c1w = xp.multiply(c1, wv)
-            out += c1w
-            out += c0
-            saved["c1"][a:b] = c1
-            saved["c3"][a:b] = c3
-        self.saved = saved
+        # saved for backward, laid out (K, B, H, W) so that each template's part is contiguous
+        s = {name: xp.empty((K, B, H, W), dtype=dt) for name in ("wu", "wv", "du", "dv", "val")}
+        idx_all = xp.empty((K, B, H, W), dtype=xp.intp)
+        y = xp.empty((B, K, H, W), dtype=dt)
+        step = max(1, CHUNK_PIXELS // N)
+        cbuf = xp.empty((step * N, 4), dtype=dt)
+        for k in range(K):
+            tab = table[k].view(item).reshape(-1)
+            for a in range(0, B, step):
+                b = min(B, a + step)
+                u = U[k, a:b, :, None] + Uj[k, a:b, None, :]
+                v = V[k, a:b, :, None] + Vj[k, a:b, None, :]
+                xp.clip(u, 0.0, umax, out=u)
+                xp.clip(v, 0.0, vmax, out=v)
+                fu, fv = xp.floor(u), xp.floor(v)
+                wu = xp.subtract(u, fu, out=s["wu"][k, a:b])
+                wv = xp.subtract(v, fv, out=s["wv"][k, a:b])
+                fu *= C
+                fu += fv
+                idx = idx_all[k, a:b]
+                idx[...] = fu
+                c = cbuf[:(b - a) * N]
+                # mode="clip": indices are in range by construction, and this skips the check
+                xp.take(tab, idx.reshape(-1), out=c.view(item).reshape(-1), mode="clip")
+                c = c.reshape(b - a, H, W, 4)
+                c0, c1, c2, c3 = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
+                du = xp.multiply(c3, wv, out=s["du"][k, a:b])
+                du += c2                                      # dval/dwu = c2 + c3 wv
+                dv = xp.multiply(c3, wu, out=s["dv"][k, a:b])
+                dv += c1                                      # dval/dwv = c1 + c3 wu
+                val = xp.multiply(wu, du, out=s["val"][k, a:b])
+                val += c0
+                c1 *= wv
+                val += c1
+                xp.multiply(val, intensity[a:b, k, None, None], out=y[a:b, k])
+        self.saved = s
         self.idx = idx_all
-        self.val = val
         self.shapes = (B, K, T0, T1, R, C, dt)
         self.p = (p0, p1)
         self.intensity = intensity
-        y = val.reshape(B, K, H, W) * intensity[:, :, None, None]
         return y
 
     # -- backward ----------------------------------------------------------------
     def backward(self, xp, gy):
         B, K, T0, T1, R, C, dt = self.shapes
         H, W = self.size
+        N = H * W
         p0, p1 = self.p
-        n = B * K
-        gy = gy.astype(dt, copy=False).reshape(n, H, W)
-        inten = self.intensity.reshape(n)
+        s = self.saved
+        gy = gy.astype(dt, copy=False)
         need_t, need_m, need_i = (t.requires_grad for t in self.inputs)
 
         g_int = None
-        if need_i:
-            g_int = xp.matmul(gy.reshape(n, 1, H * W), self.val.reshape(n, H * W, 1)).reshape(B, K)
+        if need_i:   # Σ_pixels gy * val for every canvas: a batch of dot products
+            g_int = xp.matmul(gy.reshape(B, K, 1, N), s["val"].reshape(K, B, N, 1).transpose(1, 0, 2, 3))
+            g_int = g_int.reshape(B, K)
 
-        g_tab = [xp.zeros(K * R * C, dtype=dt) for _ in range(4)] if need_t else None
-        gu_rows = xp.empty((n, H), dtype=dt)
-        gu_cols = xp.empty((n, W), dtype=dt)
-        gv_rows = xp.empty((n, H), dtype=dt)
-        gv_cols = xp.empty((n, W), dtype=dt)
-        s = self.saved
-        step = max(1, CHUNK_PIXELS // (H * W))
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            g = gy[a:b] * inten[a:b, None, None]
-            wu, wv = s["wu"][a:b], s["wv"][a:b]
-            if need_m:
-                gwu = g * s["du"][a:b]
-                dv = s["c3"][a:b] * wu
-                dv += s["c1"][a:b]                       # dval/dwv = c1 + c3 wu
-                gwv = dv
-                gwv *= g
-                gwu.sum(axis=2, out=gu_rows[a:b])
-                gwu.sum(axis=1, out=gu_cols[a:b])
-                gwv.sum(axis=2, out=gv_rows[a:b])
-                gwv.sum(axis=1, out=gv_cols[a:b])
-            if need_t:
-                idx = self.idx[a:b].reshape(-1)
-                g1 = g * wv
-                g2 = g * wu
-                g3 = g2 * wv
-                for tab, w in zip(g_tab, (g, g1, g2, g3)):
-                    _scatter_add(xp, tab, idx, w.reshape(-1))
-
-        g_m = None
-        if need_m:
-            g_m = xp.zeros((n, 3, 3), dtype=dt)
-            g_m[:, 0, 0] = T0 * (gu_rows @ p0)
-            g_m[:, 0, 1] = T0 * (gu_cols @ p1)
-            g_m[:, 0, 2] = T0 * gu_rows.sum(axis=1)
-            g_m[:, 1, 0] = T1 * (gv_rows @ p0)
-            g_m[:, 1, 1] = T1 * (gv_cols @ p1)
-            g_m[:, 1, 2] = T1 * gv_rows.sum(axis=1)
-            g_m = g_m.reshape(B, K, 3, 3)
+        # d(u, v)/dM: u = T0 (M00 p0 + M01 p1 + M02) + const, so the matrix gradient is a
+        # product of d loss/du with the pixel coordinates (p0, p1, 1)
+        pts = xp.empty((N, 3), dtype=dt)
+        pts[:, 0] = xp.repeat(p0, W)
+        pts[:, 1] = xp.tile(p1, H)
+        pts[:, 2] = 1.0
+        g_m = xp.zeros((B, K, 3, 3), dtype=dt) if need_m else None
+        g_tab = xp.zeros((K, 4, R * C), dtype=dt) if need_t else None
+        step = max(1, CHUNK_PIXELS // N)
+        wbuf = xp.empty((4, B, H, W), dtype=dt) if need_t else None
+        for k in range(K):
+            for a in range(0, B, step):
+                b = min(B, a + step)
+                g = xp.multiply(gy[a:b, k], self.intensity[a:b, k, None, None],
+                                out=wbuf[0, a:b] if need_t else None)
+                if need_m:
+                    gwu = g * s["du"][k, a:b]
+                    gwv = g * s["dv"][k, a:b]
+                    g_m[a:b, k, 0] = T0 * (gwu.reshape(b - a, N) @ pts)
+                    g_m[a:b, k, 1] = T1 * (gwv.reshape(b - a, N) @ pts)
+                if need_t:
+                    wu, wv = s["wu"][k, a:b], s["wv"][k, a:b]
+                    xp.multiply(g, wv, out=wbuf[1, a:b])
+                    g2 = xp.multiply(g, wu, out=wbuf[2, a:b])
+                    xp.multiply(g2, wv, out=wbuf[3, a:b])
+            if need_t:   # one scatter per coefficient and template: large calls are fastest
+                idx = self.idx[k].reshape(-1)
+                for j in range(4):
+                    _scatter_add(xp, g_tab[k, j], idx, wbuf[j].reshape(-1))
 
         g_t = None
-        if need_t:
-            G0, G1, G2, G3 = (t.reshape(K, R, C) for t in g_tab)
+        if need_t:   # cell-polynomial gradients -> template pixel gradients
+            G0, G1, G2, G3 = (g_tab[:, j].reshape(K, R, C) for j in range(4))
             gP = xp.zeros((K, R + 1, C + 1), dtype=dt)
             gP[:, :-1, :-1] += G0 - G1 - G2 + G3
             gP[:, :-1, 1:] += G1 - G3
