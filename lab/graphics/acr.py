@@ -30,15 +30,37 @@ float32; any float64 input makes the whole op float64 (used by the gradient chec
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from lab.autodiff import Function, Tensor, register_op
+from lab.autodiff import Function, Tensor, grad_enabled, register_op
 from lab.graphics.frames import as_size, pixel_centres
 
 _PAD = 2  # zero template pixels on each side (coordinates are clipped into this border)
 
-#: Canvases per chunk: about 2**16 output pixels, so a chunk's arrays stay in L2 cache.
-CHUNK_PIXELS = 1 << 16
+#: Output pixels per chunk (whole canvases): a chunk's dozen work arrays stay in cache.
+CHUNK_PIXELS = 1 << 15
+
+_workspace = threading.local()
+
+
+def _buffer(xp, name, shape, dtype):
+    """A reusable work array (per thread): rendering runs every step, so reuse beats allocation.
+
+    Large fresh arrays cost page faults and cache misses on every call; these are only
+    scratch space, never returned to the caller nor kept by the graph.
+    """
+    cache = getattr(_workspace, "arrays", None)
+    if cache is None:
+        cache = _workspace.arrays = {}
+    key = (name, xp.__name__, tuple(shape), xp.dtype(dtype).str)
+    a = cache.get(key)
+    if a is None:
+        for old in [k for k in cache if k[0] == name and k[1] == xp.__name__]:
+            del cache[old]                       # one size per name: no unbounded growth
+        a = cache[key] = xp.empty(shape, dtype=dtype)
+    return a
 
 
 def _scatter_add(xp, target, index, values):
@@ -51,7 +73,11 @@ def _scatter_add(xp, target, index, values):
 
 
 class RenderTemplates(Function):
-    """Fused ACR: templates (K,T0,T1), world->template (B,K,3,3), intensity (B,K) -> (B,K,H,W)."""
+    """Fused ACR: templates (K,T0,T1), world->template (B,K,3,3), intensity (B,K) -> (B,K,H,W).
+
+    Forward keeps, per output pixel, the cell index, the fractions, the two spatial
+    derivatives and the unscaled value (only when a backward can follow).
+    """
 
     label = "ACR"
 
@@ -74,122 +100,153 @@ class RenderTemplates(Function):
             raise ValueError(f"render_templates: intensity must have shape (B, K) = {tuple(m.shape[:2])}, "
                              f"got {tuple(intensity.shape)}")
 
+    # -- shared sampling of one chunk of canvases ----------------------------------
+    def _sample(self, xp, k, a, b, out=None):
+        """Sample template k for canvases a:b -> (wu, wv, idx, du, dv, val), each (b-a, H, W).
+
+        ``out``: a dict of destination arrays for those six (the state kept for backward),
+        or None to compute only ``val`` in scratch space (rendering without gradients).
+        """
+        H, W = self.size
+        n = (b - a) * H * W
+        step_n = self.step * H * W
+        dt = self.dt
+        shape = (b - a, H, W)
+
+        def scratch(name, dtype=dt):
+            return _buffer(xp, name, (step_n,), dtype)[:n].reshape(shape)
+
+        def dest(name, dtype=dt):
+            return out[name][k, a:b] if out is not None else scratch(name, dtype)
+
+        u, v, fu, fv = scratch("u"), scratch("v"), scratch("fu"), scratch("fv")
+        cbuf = _buffer(xp, "c", (step_n, 4), dt)[:n]
+        c4 = _buffer(xp, "c4", (4, step_n), dt)[:, :n]
+        # shifted template pixel coordinates u = T0 q0 - 0.5 + PAD, a sum of a row term and a column term
+        xp.add(self.U[k, a:b, :, None], self.Uj[k, a:b, None, :], out=u)
+        xp.add(self.V[k, a:b, :, None], self.Vj[k, a:b, None, :], out=v)
+        xp.clip(u, 0.0, self.umax, out=u)        # beyond: two zero template pixels, value and slope 0
+        xp.clip(v, 0.0, self.vmax, out=v)
+        xp.floor(u, out=fu)
+        xp.floor(v, out=fv)
+        wu = xp.subtract(u, fu, out=dest("wu"))
+        wv = xp.subtract(v, fv, out=dest("wv"))
+        fu *= self.C
+        fu += fv
+        idx = dest("idx", xp.intp)
+        idx[...] = fu                             # cell index (exact small integers)
+        # one gather fetches a cell's 4 polynomial coefficients; the indices are in range by
+        # construction, and mode="clip" skips numpy's bounds check (twice as fast)
+        xp.take(self.table[k], idx.reshape(-1), out=cbuf.view(self.item).reshape(-1), mode="clip")
+        c4[...] = cbuf.T                          # contiguous coefficients: faster arithmetic below
+        c0, c1, c2, c3 = (c4[j].reshape(shape) for j in range(4))
+        du = xp.multiply(c3, wv, out=dest("du"))
+        du += c2                                  # dval/dwu = c2 + c3 wv
+        val = xp.multiply(wu, du, out=dest("val"))
+        val += c0
+        dv = None
+        if out is not None:
+            dv = xp.multiply(c3, wu, out=dest("dv"))
+            dv += c1                              # dval/dwv = c1 + c3 wu
+        c1 *= wv
+        val += c1
+        return wu, wv, idx, du, dv, val
+
     # -- forward -----------------------------------------------------------------
     def forward(self, xp, templates, m, intensity):
         self._check(xp, templates, m, intensity)
-        dt = np.result_type(templates.dtype, m.dtype, intensity.dtype)
+        dt = self.dt = np.result_type(templates.dtype, m.dtype, intensity.dtype)
         templates, m, intensity = (a.astype(dt, copy=False) for a in (templates, m, intensity))
         K, T0, T1 = templates.shape
         B = m.shape[0]
         H, W = self.size
-        N = H * W
         R, C = T0 + 2 * _PAD, T1 + 2 * _PAD          # cells per template (rows, columns)
+        self.dims = (B, K, T0, T1, R)
+        self.C = C
         # Zero-padded templates, one extra row/column so that every cell has 4 corners,
-        # and each cell's bilinear polynomial c0 + c1 wv + c2 wu + c3 wu wv, stored as
-        # 4 adjacent numbers so that one gather fetches all of them.
+        # and each cell's bilinear polynomial c0 + c1 wv + c2 wu + c3 wu wv, its 4
+        # numbers adjacent so that one gather of an opaque 4-number item fetches them.
         P = xp.zeros((K, R + 1, C + 1), dtype=dt)
         P[:, _PAD:_PAD + T0, _PAD:_PAD + T1] = templates
         p00, p01, p10, p11 = P[:, :-1, :-1], P[:, :-1, 1:], P[:, 1:, :-1], P[:, 1:, 1:]
-        table = xp.stack([p00, p01 - p00, p10 - p00, p11 - p10 - p01 + p00], axis=-1)  # (K,R,C,4)
-        table = xp.ascontiguousarray(table).reshape(K, R * C, 4)
-        item = xp.dtype(f"V{4 * table.itemsize}")   # one opaque item per cell: a 4-number gather
+        table = xp.stack([p00, p01 - p00, p10 - p00, p11 - p10 - p01 + p00], axis=-1)
+        self.item = xp.dtype(f"V{4 * xp.dtype(dt).itemsize}")
+        self.table = xp.ascontiguousarray(table).reshape(K, R * C, 4).view(self.item).reshape(K, R * C)
 
-        p0 = pixel_centres(H, xp, dt)
-        p1 = pixel_centres(W, xp, dt)
-        # shifted template pixel coordinates u = T0 q0 - 0.5 + PAD are separable in (i, j)
-        mk = xp.ascontiguousarray(m.transpose(1, 0, 2, 3))                        # (K, B, 3, 3)
-        U = T0 * (mk[..., 0, 0, None] * p0 + mk[..., 0, 2, None]) + (_PAD - 0.5)  # (K, B, H)
-        Uj = T0 * (mk[..., 0, 1, None] * p1)                                      # (K, B, W)
-        V = T1 * (mk[..., 1, 0, None] * p0 + mk[..., 1, 2, None]) + (_PAD - 0.5)
-        Vj = T1 * (mk[..., 1, 1, None] * p1)
-        umax, vmax = T0 + _PAD + 0.5, T1 + _PAD + 0.5   # beyond: two zero pixels, value and slope 0
+        self.p0, self.p1 = p0, p1 = pixel_centres(H, xp, dt), pixel_centres(W, xp, dt)
+        mk = m.transpose(1, 0, 2, 3)                                                 # (K, B, 3, 3)
+        self.U = T0 * (mk[..., 0, 0, None] * p0 + mk[..., 0, 2, None]) + (_PAD - 0.5)  # (K, B, H)
+        self.Uj = T0 * (mk[..., 0, 1, None] * p1)                                      # (K, B, W)
+        self.V = T1 * (mk[..., 1, 0, None] * p0 + mk[..., 1, 2, None]) + (_PAD - 0.5)
+        self.Vj = T1 * (mk[..., 1, 1, None] * p1)
+        self.umax, self.vmax = T0 + _PAD + 0.5, T1 + _PAD + 0.5
+        self.intensity = intensity
+        self.step = step = max(1, CHUNK_PIXELS // (H * W))
 
-        # saved for backward, laid out (K, B, H, W) so that each template's part is contiguous
-        s = {name: xp.empty((K, B, H, W), dtype=dt) for name in ("wu", "wv", "du", "dv", "val")}
-        idx_all = xp.empty((K, B, H, W), dtype=xp.intp)
         y = xp.empty((B, K, H, W), dtype=dt)
-        step = max(1, CHUNK_PIXELS // N)
-        cbuf = xp.empty((step * N, 4), dtype=dt)
+        # what backward needs, laid out (K, B, H, W): each template's part is contiguous
+        saved = None
+        if self.need_grad:
+            saved = {name: xp.empty((K, B, H, W), dtype=dt) for name in ("wu", "wv", "du", "dv", "val")}
+            saved["idx"] = xp.empty((K, B, H, W), dtype=xp.intp)
         for k in range(K):
-            tab = table[k].view(item).reshape(-1)
             for a in range(0, B, step):
                 b = min(B, a + step)
-                u = U[k, a:b, :, None] + Uj[k, a:b, None, :]
-                v = V[k, a:b, :, None] + Vj[k, a:b, None, :]
-                xp.clip(u, 0.0, umax, out=u)
-                xp.clip(v, 0.0, vmax, out=v)
-                fu, fv = xp.floor(u), xp.floor(v)
-                wu = xp.subtract(u, fu, out=s["wu"][k, a:b])
-                wv = xp.subtract(v, fv, out=s["wv"][k, a:b])
-                fu *= C
-                fu += fv
-                idx = idx_all[k, a:b]
-                idx[...] = fu
-                c = cbuf[:(b - a) * N]
-                # mode="clip": indices are in range by construction, and this skips the check
-                xp.take(tab, idx.reshape(-1), out=c.view(item).reshape(-1), mode="clip")
-                c = c.reshape(b - a, H, W, 4)
-                c0, c1, c2, c3 = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
-                du = xp.multiply(c3, wv, out=s["du"][k, a:b])
-                du += c2                                      # dval/dwu = c2 + c3 wv
-                dv = xp.multiply(c3, wu, out=s["dv"][k, a:b])
-                dv += c1                                      # dval/dwv = c1 + c3 wu
-                val = xp.multiply(wu, du, out=s["val"][k, a:b])
-                val += c0
-                c1 *= wv
-                val += c1
+                val = self._sample(xp, k, a, b, saved)[-1]
                 xp.multiply(val, intensity[a:b, k, None, None], out=y[a:b, k])
-        self.saved = s
-        self.idx = idx_all
-        self.shapes = (B, K, T0, T1, R, C, dt)
-        self.p = (p0, p1)
-        self.intensity = intensity
+        self.saved = saved
         return y
+
+    def __call__(self, *inputs):
+        # keep per-pixel state only when a backward can follow
+        self.need_grad = grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+        return super().__call__(*inputs)
 
     # -- backward ----------------------------------------------------------------
     def backward(self, xp, gy):
-        B, K, T0, T1, R, C, dt = self.shapes
+        B, K, T0, T1, R = self.dims
+        C = self.C
         H, W = self.size
         N = H * W
-        p0, p1 = self.p
-        s = self.saved
+        dt = self.dt
         gy = gy.astype(dt, copy=False)
         need_t, need_m, need_i = (t.requires_grad for t in self.inputs)
-
+        # d(u, v)/dM: u = T0 (M00 p0 + M01 p1 + M02) + const, so the matrix gradient is
+        # d loss/du times the pixel coordinates (p0, p1, 1): one small matrix product
+        pts = xp.empty((N, 3), dtype=dt)
+        pts[:, 0] = xp.repeat(self.p0, W)
+        pts[:, 1] = xp.tile(self.p1, H)
+        pts[:, 2] = 1.0
+        sv = self.saved
+        g_m = xp.zeros((B, K, 3, 3), dtype=dt) if need_m else None
         g_int = None
         if need_i:   # Σ_pixels gy * val for every canvas: a batch of dot products
-            g_int = xp.matmul(gy.reshape(B, K, 1, N), s["val"].reshape(K, B, N, 1).transpose(1, 0, 2, 3))
-            g_int = g_int.reshape(B, K)
-
-        # d(u, v)/dM: u = T0 (M00 p0 + M01 p1 + M02) + const, so the matrix gradient is a
-        # product of d loss/du with the pixel coordinates (p0, p1, 1)
-        pts = xp.empty((N, 3), dtype=dt)
-        pts[:, 0] = xp.repeat(p0, W)
-        pts[:, 1] = xp.tile(p1, H)
-        pts[:, 2] = 1.0
-        g_m = xp.zeros((B, K, 3, 3), dtype=dt) if need_m else None
+            g_int = xp.matmul(gy.reshape(B, K, 1, N),
+                              sv["val"].reshape(K, B, N, 1).transpose(1, 0, 2, 3)).reshape(B, K)
         g_tab = xp.zeros((K, 4, R * C), dtype=dt) if need_t else None
-        step = max(1, CHUNK_PIXELS // N)
-        wbuf = xp.empty((4, B, H, W), dtype=dt) if need_t else None
+        if need_t:   # per template: the scatter weights of all B canvases (large scatters are fastest)
+            wk = _buffer(xp, "scatter_w", (4, B, N), dt)
+        step = self.step
         for k in range(K):
             for a in range(0, B, step):
                 b = min(B, a + step)
-                g = xp.multiply(gy[a:b, k], self.intensity[a:b, k, None, None],
-                                out=wbuf[0, a:b] if need_t else None)
+                g = xp.multiply(gy[a:b, k].reshape(b - a, N), self.intensity[a:b, k, None],
+                                out=wk[0, a:b] if need_t else None)
                 if need_m:
-                    gwu = g * s["du"][k, a:b]
-                    gwv = g * s["dv"][k, a:b]
-                    g_m[a:b, k, 0] = T0 * (gwu.reshape(b - a, N) @ pts)
-                    g_m[a:b, k, 1] = T1 * (gwv.reshape(b - a, N) @ pts)
+                    gwu = _buffer(xp, "gwu", (step, N), dt)[:b - a]
+                    xp.multiply(sv["du"][k, a:b].reshape(b - a, N), g, out=gwu)
+                    g_m[a:b, k, 0] = T0 * (gwu @ pts)
+                    xp.multiply(sv["dv"][k, a:b].reshape(b - a, N), g, out=gwu)
+                    g_m[a:b, k, 1] = T1 * (gwu @ pts)
                 if need_t:
-                    wu, wv = s["wu"][k, a:b], s["wv"][k, a:b]
-                    xp.multiply(g, wv, out=wbuf[1, a:b])
-                    g2 = xp.multiply(g, wu, out=wbuf[2, a:b])
-                    xp.multiply(g2, wv, out=wbuf[3, a:b])
-            if need_t:   # one scatter per coefficient and template: large calls are fastest
-                idx = self.idx[k].reshape(-1)
+                    wu, wv = sv["wu"][k, a:b].reshape(b - a, N), sv["wv"][k, a:b].reshape(b - a, N)
+                    xp.multiply(g, wv, out=wk[1, a:b])
+                    g2 = xp.multiply(g, wu, out=wk[2, a:b])
+                    xp.multiply(g2, wv, out=wk[3, a:b])
+            if need_t:
+                ik = sv["idx"][k].reshape(-1)
                 for j in range(4):
-                    _scatter_add(xp, g_tab[k, j], idx, wbuf[j].reshape(-1))
+                    _scatter_add(xp, g_tab[k, j], ik, wk[j].reshape(-1))
 
         g_t = None
         if need_t:   # cell-polynomial gradients -> template pixel gradients
