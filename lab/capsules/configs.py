@@ -1,0 +1,98 @@
+"""Named configurations: the thesis's MNIST model, a CPU-sized one, and faces.
+
+``get_config(name, **overrides) -> CapsuleConfig``. A config is a flat dataclass of
+keyword hyperparameters (sklearn's habit: a dashboard can build controls from
+``dataclasses.fields``) and is saved as JSON inside every checkpoint.
+
+- ``mnist-thesis`` (2.6.1): the optimized mixture of fig 2.12 with 25 CCs, 9 ACs of
+  11x11, 30 distortion variables dropped out at 1/2, GPNN encoder 3x666 with 50%
+  dropout, RMM noise U(0, 10), maxSemiSoft output, batch 500. The distortion -> AC
+  poses function is a GPNN of the same size without dropout (2.3.4).
+- ``mnist-quick``: the same model shrunk to learn on a 2-core CPU in ten minutes
+  (fewer CCs, ACs, distortion variables and units; batch 100). It keeps 25 CCs's
+  worth of clusters smaller (15) because the 25-label protocol needs more clusters
+  than classes (2.6.1 footnote: 10 components gave 10% error).
+- ``faces`` (2.7): one CC with 20 ACs and 10 distortion variables, dropout 10%
+  instead of 50%, on Olivetti faces (the TFD stand-in, see ``lab.data``)
+  downsampled from 64x64 to 32x32 by 2x2 averaging so a CPU can train it;
+  ``image_size=64`` restores the full resolution.
+- ``faces-multichannel`` (2.7.1): as ``faces`` with three-channel ACs.
+- ``mnist-acs``: the AC-only autoencoder of fig 2.6 (no CCs), for comparison.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CapsuleConfig:
+    name: str = "custom"
+    model: str = "mixture"            # "mixture" (fig 2.12), "single_cc" (2.7), "ac" (fig 2.6)
+    dataset: str = "mnist"            # "mnist" or "olivetti"
+    image_size: int = 28
+    n_components: int = 25
+    n_acs: int = 9
+    template_size: int = 11
+    n_channels: int = 1               # > 1: multi-channel ACs (2.7.1)
+    n_distortions: int = 30
+    encoder_hidden: int = 666
+    decoder_hidden: int = 666
+    dropout: float = 0.5              # on the encoder's hidden units (2.4.6)
+    distortion_dropout: float = 0.5   # on the distortion variables (2.4.4)
+    manager_noise: float = 10.0       # RMM: ξ ~ U(0, manager_noise) (2.3.5)
+    output_kind: str = "max_semi_soft"
+    ac_spread: float = 0.25           # initial AC centres within ± this fraction of the output
+    batch_size: int = 500
+    optimizer: str = "conservative"
+    optimizer_kwargs: dict = field(default_factory=dict)
+    weight_decay: float = 1e-6        # α of Σ max(0, |θ| - 0.1)² (2.4.5)
+    determinant_alpha: float = 1.0    # α of max(0, s - det)², per AC per case (2.4.5)
+    usage_alpha: float = 0.01         # α of Σ_i log mean_j y_ij (2.4.5)
+    code_decay: float = 1e-4          # α of the code-layer value decay (2.4.5)
+    n_valid: int = 1000               # held-out images for the periodic evaluation
+    eval_every: int = 200             # steps between held-out evaluations
+    nan_step_cut: float = 0.5         # step-size factor after a NaN/Inf rollback
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CapsuleConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+CONFIGS: dict[str, dict] = {
+    "mnist-thesis": dict(),
+    "mnist-quick": dict(n_components=15, n_acs=6, template_size=9, n_distortions=8,
+                        encoder_hidden=200, decoder_hidden=100, batch_size=100,
+                        optimizer="adam", optimizer_kwargs={"lr": 2e-3}, eval_every=100),
+    "mnist-acs": dict(model="ac", n_components=1, n_distortions=0, encoder_hidden=200,
+                      decoder_hidden=0, batch_size=100, optimizer="adam",
+                      optimizer_kwargs={"lr": 2e-3}, usage_alpha=0.0),
+    "faces": dict(model="single_cc", dataset="olivetti", image_size=32, n_components=1,
+                  n_acs=20, template_size=11, n_distortions=10, encoder_hidden=300,
+                  decoder_hidden=200, dropout=0.1, distortion_dropout=0.1, manager_noise=0.0,
+                  batch_size=40, usage_alpha=0.0, n_valid=40, eval_every=50),
+    "faces-multichannel": dict(model="single_cc", dataset="olivetti", image_size=32,
+                               n_components=1, n_acs=20, template_size=11, n_channels=3,
+                               n_distortions=10, encoder_hidden=300, decoder_hidden=200,
+                               dropout=0.1, distortion_dropout=0.1, manager_noise=0.0,
+                               batch_size=40, usage_alpha=0.0, n_valid=40, eval_every=50),
+}
+
+
+def config_names() -> list[str]:
+    return list(CONFIGS)
+
+
+def get_config(name: str, **overrides) -> CapsuleConfig:
+    """The named config with ``overrides`` applied (unknown keys are an error)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}: expected one of {', '.join(CONFIGS)}")
+    values = {**CONFIGS[name], **overrides, "name": name}
+    return CapsuleConfig.from_dict(values)

@@ -1,0 +1,97 @@
+"""A whole training run: the loop behind ``lab train capsules`` (and the benchmarks).
+
+Writes ``DIR/metrics.jsonl`` (one JSON line per step, plus ``event`` lines for
+rollbacks and checkpoints), ``DIR/ckpt-*.npz`` every ``checkpoint_seconds`` (the
+newest three kept) and ``DIR/final.npz`` at the end; resumes from the newest valid
+checkpoint in ``DIR`` when asked.
+
+BLAS threads: on a small shared CPU, OpenBLAS's default of one thread per core makes
+the encoder's matrix products 50-100x *slower* as soon as other processes compete
+for the cores (its threads spin while waiting for each other). ``limit_blas_threads``
+caps the thread count (``threadpoolctl`` when installed, else nothing can be done
+after numpy's import and the caller should set ``OPENBLAS_NUM_THREADS``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from lab.capsules.configs import CapsuleConfig
+from lab.capsules.data import load_data
+from lab.capsules.trainer import CapsuleTrainer, write_jsonl
+
+
+def limit_blas_threads(n: int | None):
+    """A context manager limiting BLAS threads to ``n`` (None: no change)."""
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=int(n), user_api="blas")
+
+
+def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | None = None,
+              steps: int | None = None, optimizer: str | None = None, resume: bool = False,
+              checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
+              log_every: int = 1) -> dict:
+    """Train until ``minutes`` of wall time or ``steps`` updates (whichever first); returns a
+    summary dict (also written to ``DIR/summary.json``)."""
+    from lab.checkpoint import latest_checkpoint, save_step_checkpoint  # noqa: PLC0415
+    from lab.progress import Progress  # noqa: PLC0415
+    if minutes is None and steps is None:
+        raise ValueError("give --minutes or --steps (or both)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(config, data_path)
+    train, valid = data["train"][0], data["valid"][0]
+    ckpt = latest_checkpoint(out, verify=True) if resume else None
+    if ckpt is not None:
+        trainer = CapsuleTrainer.load(ckpt, train, valid)
+    else:
+        trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer)
+    metrics_path = out / "metrics.jsonl"
+    start_step = trainer.step_count
+    t_start = time.monotonic()
+    last_ckpt = t_start
+    total = minutes * 60.0 if minutes is not None else float(steps)
+    unit = "s" if minutes is not None else "it"
+    n_events = len(trainer.events)
+    with Progress(total if progress else None, f"capsules {config.name}", unit=unit) as bar:
+        while True:
+            elapsed = time.monotonic() - t_start
+            done = trainer.step_count - start_step
+            if (minutes is not None and elapsed >= minutes * 60) or (steps is not None and done >= steps):
+                break
+            m = trainer.step()
+            m["time"] = round(time.monotonic() - t_start, 3)
+            if log_every and (m["step"] % log_every == 0 or "valid_recon_nodropout" in m or "rollback" in m):
+                write_jsonl(metrics_path, m)
+            if len(trainer.events) > n_events:
+                for ev in trainer.events[n_events:]:
+                    write_jsonl(metrics_path, {"event": "rollback", **ev})
+                n_events = len(trainer.events)
+            if time.monotonic() - last_ckpt >= checkpoint_seconds:
+                arrays, meta = trainer.state_dict()
+                path = save_step_checkpoint(out, trainer.step_count, arrays, meta, keep=3)
+                write_jsonl(metrics_path, {"event": "checkpoint", "step": trainer.step_count,
+                                           "path": path.name})
+                last_ckpt = time.monotonic()
+            if progress:
+                fields = {"recon": m.get("recon_per_pixel", float("nan"))}
+                if "valid_recon_nodropout" in m:
+                    fields["valid"] = m["valid_recon_nodropout"]
+                bar.set(m["time"] if minutes is not None else done + 1, **fields)
+    seconds = time.monotonic() - t_start
+    trainer.save(out / "final.npz")
+    n_steps = trainer.step_count - start_step
+    summary = {"config": config.name, "seed": seed, "steps": trainer.step_count,
+               "steps_this_run": n_steps, "seconds": round(seconds, 2),
+               "images_per_second": round(n_steps * config.batch_size / max(seconds, 1e-9), 2),
+               "valid_recon_nodropout": trainer.evaluate(), "rollbacks": len(trainer.events),
+               "optimizer": trainer.optimizer_name}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,222 @@
+"""Training a capsule autoencoder: ``CapsuleTrainer`` (one minibatch per ``step()``).
+
+The trainer owns the model, the optimizer (``lab.optim``: the conservative optimizer
+of thesis 2.5.3, or Adam), the data order and one random stream (minibatch order,
+dropout masks, manager noise), so its whole state is (parameters, optimizer state,
+stream state, data order and position, step) and a checkpoint of exactly that makes
+a resumed run follow the uninterrupted one bit for bit on the CPU.
+
+Divergence guard: a non-finite loss, or non-finite parameters after an update,
+restore the last good state (kept in memory every ``good_every`` steps) and cut all
+step sizes by ``config.nan_step_cut``; the event is logged in the metrics and in
+``self.events``. Checkpoints refuse NaN (``lab.checkpoint``), so a NaN never reaches
+the disk.
+
+Threads: ``step()`` and ``snapshot()`` hold ``self.lock``, so a dashboard thread may
+call ``snapshot()`` while another thread trains.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lab.autodiff import no_grad
+from lab.backend import RandomStream
+from lab.capsules.autoencoders import CapsuleAutoencoder, build_model
+from lab.capsules.configs import CapsuleConfig
+from lab.checkpoint import load_checkpoint, save_checkpoint, split_arrays
+from lab.optim import make_optimizer
+
+#: How many fixed held-out images ``snapshot()`` reconstructs.
+SNAPSHOT_IMAGES = 8
+
+
+class CapsuleTrainer:
+    """``CapsuleTrainer(config, train_images, valid_images=None, seed=0)``.
+
+    ``step() -> dict`` of float metrics for one minibatch update; ``evaluate()`` the
+    held-out reconstruction error; ``snapshot()`` numpy copies for live views;
+    ``state_dict()``/``load_state_dict()``, ``save(path)`` and ``CapsuleTrainer.load``.
+    """
+
+    def __init__(self, config: CapsuleConfig, train_images: np.ndarray,
+                 valid_images: np.ndarray | None = None, seed: int = 0,
+                 optimizer: str | None = None, good_every: int = 10):
+        self.config = config
+        self.seed = int(seed)
+        self.model: CapsuleAutoencoder = build_model(config, seed=self.seed)
+        self.optimizer_name = optimizer or config.optimizer
+        kwargs = dict(config.optimizer_kwargs) if self.optimizer_name == config.optimizer else {}
+        self.optimizer = make_optimizer(self.optimizer_name, self.model.params, **kwargs)
+        self.train_images = np.asarray(train_images, dtype=np.float32)
+        self.valid_images = None if valid_images is None else np.asarray(
+            valid_images[:config.n_valid], dtype=np.float32)
+        self.stream = RandomStream(self.seed + 1)
+        self.step_count = 0
+        self.images_seen = 0
+        self._order = self.stream.permutation(len(self.train_images))
+        self._pos = 0
+        self.good_every = int(good_every)
+        self.events: list[dict] = []
+        self.history: list[dict] = []
+        self.last_metrics: dict = {}
+        self.lock = threading.RLock()
+        self._good = self._capture()
+
+    # -- one update ---------------------------------------------------------------------
+    def _next_batch(self) -> np.ndarray:
+        B = min(self.config.batch_size, len(self.train_images))
+        if self._pos + B > len(self._order):
+            self._order = self.stream.permutation(len(self.train_images))
+            self._pos = 0
+        idx = self._order[self._pos:self._pos + B]
+        self._pos += B
+        return self.train_images[idx]
+
+    def step(self) -> dict:
+        """One minibatch update; returns float metrics (a rollback sets ``rollback=1``)."""
+        with self.lock:
+            t0 = time.perf_counter()
+            batch = self._next_batch()
+            self.optimizer.zero_grad()
+            loss, terms, out = self.model.loss(batch, train=True, stream=self.stream)
+            bad = not np.isfinite(loss.item())
+            if not bad:
+                loss.backward()
+                self.optimizer.step()
+                bad = not self._params_finite()
+            self.step_count += 1
+            self.images_seen += len(batch)
+            metrics = {"step": self.step_count, "images": self.images_seen,
+                       "loss": float(loss.item()), **terms}
+            if bad:
+                metrics.update(self._rollback(reason="non-finite loss" if not np.isfinite(
+                    metrics["loss"]) else "non-finite parameters"))
+            else:
+                metrics.update(self._mixture_stats(out))
+                metrics.update({f"rule_{k}": v for k, v in self.optimizer.last_rule_fractions.items()})
+                if self.step_count % self.good_every == 0:
+                    self._good = self._capture()
+            metrics["step_scale"] = float(self.optimizer.step_scale)
+            metrics["seconds"] = time.perf_counter() - t0
+            if self.valid_images is not None and self.config.eval_every > 0 and (
+                    self.step_count % self.config.eval_every == 0):
+                metrics["valid_recon_nodropout"] = self.evaluate()
+            self.last_metrics = metrics
+            self.history.append(metrics)
+            if len(self.history) > 10000:
+                del self.history[:5000]
+            return metrics
+
+    def _params_finite(self) -> bool:
+        return all(bool(np.isfinite(p.data.sum())) for p in self.model.params.values())
+
+    @staticmethod
+    def _mixture_stats(out) -> dict:
+        y = out.get("mixture")
+        if y is None or y.shape[1] < 2:
+            return {}
+        y = y.numpy()
+        ent = -(y * np.log(np.maximum(y, 1e-12))).sum(axis=1)
+        return {"mixture_max_y": float(y.max(axis=1).mean()),
+                "mixture_entropy_frac": float(ent.mean() / np.log(y.shape[1])),
+                "mixture_used": int((np.bincount(y.argmax(axis=1), minlength=y.shape[1]) > 0).sum())}
+
+    def evaluate(self, images: np.ndarray | None = None, dropout: bool = False) -> float:
+        """Squared reconstruction error per pixel on ``images`` (default: the held-out set)."""
+        images = self.valid_images if images is None else images
+        with self.lock, no_grad():
+            rec = self.model.reconstruct(images, dropout=dropout, seed=12345)
+        return float(((rec - images) ** 2).mean())
+
+    # -- divergence guard ----------------------------------------------------------------
+    def _capture(self) -> dict:
+        return {"params": {k: p.data.copy() for k, p in self.model.params.items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "stream": self.stream.get_state(), "order": self._order.copy(),
+                "pos": self._pos}
+
+    def _rollback(self, reason: str) -> dict:
+        good = self._good
+        for k, p in self.model.params.items():
+            p.data[...] = good["params"][k]
+        self.optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
+        # Keep earlier cuts: the restored state carries the old scale (see scale_step_sizes).
+        cuts = sum(1 for _ in self.events) + 1
+        self.optimizer.step_scale = 1.0
+        self.optimizer.scale_step_sizes(self.config.nan_step_cut ** cuts)
+        self.stream.set_state(good["stream"])
+        self._order, self._pos = good["order"].copy(), good["pos"]
+        event = {"step": self.step_count, "reason": reason, "step_scale": self.optimizer.step_scale}
+        self.events.append(event)
+        return {"rollback": 1, "rollback_reason": reason}
+
+    # -- views ---------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Numpy copies for a live view: templates, a few held-out reconstructions, metrics."""
+        with self.lock:
+            images = (self.valid_images if self.valid_images is not None else self.train_images)
+            images = images[:SNAPSHOT_IMAGES]
+            with no_grad():
+                rec = self.model.reconstruct(images)
+            return {"step": self.step_count, "images_seen": self.images_seen,
+                    "templates": self.model.templates(), "originals": images.copy(),
+                    "reconstructions": rec,
+                    "rule_fractions": dict(self.optimizer.last_rule_fractions),
+                    "metrics": dict(self.last_metrics), "events": list(self.events)}
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, meta): everything a bit-exact resume needs, ready for ``save_checkpoint``."""
+        with self.lock:
+            arrays = self.model.state_arrays()
+            opt_arrays, opt_scalars = split_arrays(self.optimizer.state_dict())
+            arrays.update({f"opt/{k}": v for k, v in opt_arrays.items()})
+            arrays["data/order"] = np.asarray(self._order, dtype=np.int64)
+            meta = {"kind": "capsule-trainer", "config": self.config.to_dict(),
+                    "model": self.model.kind, "seed": self.seed, "step": self.step_count,
+                    "images_seen": self.images_seen, "optimizer_name": self.optimizer_name,
+                    "optimizer": opt_scalars, "stream": self.stream.get_state(),
+                    "data_pos": self._pos, "events": self.events}
+            return arrays, meta
+
+    def load_state_dict(self, arrays: dict, meta: dict) -> None:
+        with self.lock:
+            if meta.get("model") != self.model.kind:
+                raise ValueError(f"checkpoint holds a {meta.get('model')!r} model, "
+                                 f"this trainer has {self.model.kind!r}")
+            self.model.load_state_arrays(arrays)
+            opt = dict(meta["optimizer"])
+            opt.update({k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")})
+            self.optimizer.load_state_dict(opt)
+            self.stream.set_state(meta["stream"])
+            self._order = np.asarray(arrays["data/order"])
+            self._pos = int(meta["data_pos"])
+            self.step_count = int(meta["step"])
+            self.images_seen = int(meta.get("images_seen", 0))
+            self.events = list(meta.get("events", []))
+            self._good = self._capture()
+
+    def save(self, path) -> Path:
+        arrays, meta = self.state_dict()
+        return save_checkpoint(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path, train_images, valid_images=None) -> "CapsuleTrainer":
+        """A trainer restored from checkpoint ``path`` (its config, seed and optimizer)."""
+        arrays, meta = load_checkpoint(path)
+        config = CapsuleConfig.from_dict(meta["config"])
+        trainer = cls(config, train_images, valid_images, seed=meta["seed"],
+                      optimizer=meta.get("optimizer_name"))
+        trainer.load_state_dict(arrays, meta)
+        return trainer
+
+
+def write_jsonl(path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

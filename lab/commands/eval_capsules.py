@@ -1,0 +1,37 @@
+"""``lab eval capsules DIR``: the numbers of thesis 2.6.2 and 2.6.6 as JSON."""
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    from lab.cli import group  # noqa: PLC0415
+    p = group(subparsers, "eval", "Evaluate a trained model").add_parser(
+        "capsules", help="capsule autoencoder: reconstruction error, 25-label error, k-means(10)",
+        description="Evaluate a trained capsule autoencoder (run directory or checkpoint).")
+    p.add_argument("path", help="run directory (final.npz or newest ckpt-*.npz) or a .npz file")
+    p.add_argument("--n-test", type=int, default=None, help="use the first N test images")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="use the first N training images for the 25-label protocol")
+    p.add_argument("--seed", type=int, default=0, help="dropout seed of the with-dropout error")
+    p.add_argument("--no-kmeans", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from lab.capsules import find_checkpoint, load  # noqa: PLC0415
+    from lab.capsules.data import load_data  # noqa: PLC0415
+    from lab.capsules.evaluate import evaluate_model  # noqa: PLC0415
+    from lab.capsules.run import limit_blas_threads  # noqa: PLC0415
+    path = find_checkpoint(args.path)
+    with limit_blas_threads(args.threads):
+        model = load(path)
+        data = load_data(model.config, args.data_dir)
+        result = evaluate_model(model, data, n_test=args.n_test, n_train=args.n_train,
+                                seed=args.seed, kmeans=not args.no_kmeans)
+    result = {"checkpoint": str(path), "config": model.config.name,
+              "step": model.meta.get("step"), **result}
+    print(json.dumps(result, indent=2))
+    return 0

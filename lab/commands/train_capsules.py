@@ -1,0 +1,58 @@
+"""``lab train capsules``: train a capsule autoencoder of thesis chapter 2."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    from lab.cli import group  # noqa: PLC0415
+    from lab.capsules.configs import config_names  # noqa: PLC0415
+    p = group(subparsers, "train", "Train a model").add_parser(
+        "capsules", help="capsule autoencoder (thesis chapter 2)",
+        description="Train a capsule autoencoder (thesis ch. 2); writes DIR/metrics.jsonl, "
+                    "DIR/ckpt-*.npz, DIR/final.npz and DIR/summary.json.")
+    p.add_argument("--config", default="mnist-quick", choices=config_names())
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--steps", type=int, default=None, help="number of minibatch updates")
+    p.add_argument("--out", default=None, help="run directory (default runs/capsules-CONFIG)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--optimizer", choices=("conservative", "adam"), default=None,
+                   help="default: the config's (conservative for mnist-thesis, as in 2.5.3)")
+    p.add_argument("--device", default="cpu", choices=("cpu",),
+                   help="only the CPU path exists so far (the GPU port is a later issue)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads (default 1: faster than 2 on a busy 2-core machine)")
+    p.add_argument("--data-dir", default=None, help="data directory (default: LAB_DATA_DIR/cache)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override a config field, e.g. --set batch_size=200")
+    p.set_defaults(func=run)
+
+
+def _overrides(items) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run(args) -> int:
+    from lab.capsules.configs import get_config  # noqa: PLC0415
+    from lab.capsules.run import limit_blas_threads, train_run  # noqa: PLC0415
+    if args.minutes is None and args.steps is None:
+        print("lab train capsules: give --minutes M and/or --steps N", file=sys.stderr)
+        return 2
+    config = get_config(args.config, **_overrides(args.set))
+    out = args.out or f"runs/capsules-{args.config}"
+    with limit_blas_threads(args.threads):
+        summary = train_run(config, out, seed=args.seed, minutes=args.minutes, steps=args.steps,
+                            optimizer=args.optimizer, resume=args.resume,
+                            checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir)
+    print(json.dumps(summary, indent=2))
+    return 0
