@@ -1,0 +1,188 @@
+"""Shared estimator machinery: sklearn-style parameters, random state, input checks,
+and the learning-rate schedule of thesis section 3.3.1.
+
+Estimators here follow scikit-learn's conventions (see ``CONVENTIONS.md``): ``__init__``
+only stores its keyword arguments, learned state ends in ``_`` and is created by
+``fit``/``partial_fit``, and ``get_params()`` is read from the constructor's signature,
+so a dashboard can build its controls from it.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+
+import numpy as np
+
+from lab.backend import DEFAULT_FLOAT, RandomStream, get_backend, to_numpy
+
+
+class NotFittedError(RuntimeError):
+    """A method that needs learned parameters was called before ``fit``/``partial_fit``."""
+
+
+class Estimator:
+    """Base class: parameters from the ``__init__`` signature, a readable ``repr``."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    @classmethod
+    def param_defaults(cls) -> dict:
+        """Constructor defaults by name (``inspect.Parameter.empty`` when required)."""
+        sig = inspect.signature(cls.__init__)
+        return {name: sig.parameters[name].default for name in cls._param_names()}
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The hyperparameters, read from the constructor's signature."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "Estimator":
+        """Change hyperparameters (e.g. from a dashboard); unknown names are an error."""
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}; "
+                                 f"valid parameters: {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = self.param_defaults()
+        shown = []
+        for name, value in self.get_params().items():
+            default = defaults[name]
+            same = default is not inspect.Parameter.empty and _same(value, default)
+            if not same:
+                shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def _check_is_fitted(self, attribute: str) -> None:
+        if not hasattr(self, attribute):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit() or "
+                                 "partial_fit() first")
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:
+        return a is b
+
+
+def make_stream(random_state, backend) -> RandomStream:
+    """The one place a ``random_state`` (None, int or RandomStream) becomes a stream."""
+    if isinstance(random_state, RandomStream):
+        return random_state
+    if random_state is None or isinstance(random_state, numbers.Integral):
+        return RandomStream(None if random_state is None else int(random_state), backend)
+    raise ValueError(f"random_state must be None, an int or a RandomStream, got {random_state!r}")
+
+
+def resolve_backend(device):
+    return get_backend(device)
+
+
+def check_data(X, *, n_features: int | None = None, binary: bool = True, name: str = "X",
+               allow_probabilities: bool = False, dtype=DEFAULT_FLOAT):
+    """Validate a data matrix and return it as a ``dtype`` numpy/cupy array.
+
+    Raises ``ValueError`` naming the problem: not 2-D, wrong number of features, empty,
+    NaN/inf, or (``binary``) values other than 0 and 1 -- or outside [0, 1] when
+    ``allow_probabilities`` (pixel intensities read as probabilities, thesis 3.3.2).
+    """
+    mod = type(X).__module__
+    if mod.startswith("cupy"):
+        arr = X
+        xp = __import__("cupy")
+    else:
+        arr = np.asarray(X)
+        xp = np
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        hint = " (reshape images to (n_samples, n_pixels))" if arr.ndim > 2 else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}{hint}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} has no samples (shape {arr.shape})")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features, but this model expects {n_features}")
+    arr = arr.astype(dtype, copy=False)
+    if np.issubdtype(arr.dtype, np.floating) and not bool(xp.isfinite(arr).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if binary:
+        if allow_probabilities:
+            if bool((arr < 0).any()) or bool((arr > 1).any()):
+                raise ValueError(f"{name} must hold probabilities in [0, 1]")
+        elif not bool(((arr == 0) | (arr == 1)).all()):
+            raise ValueError(f"{name} must be binary (0/1); for intensities in [0, 1] use "
+                             "binarize=True, which samples a fresh binary version each time "
+                             "(thesis 3.3.2)")
+    return arr
+
+
+class LinearDecay:
+    """The learning-rate schedule of thesis 3.3.1: linear decay to zero over the run.
+
+    A run is bounded by a number of updates, by wall-clock seconds, or both (whichever
+    ends first); with neither, the rate stays constant (open-ended ``partial_fit``).
+    ``progress`` in [0, 1] is the fraction of the run done.
+    """
+
+    def __init__(self, initial: float, n_updates: int | None, max_seconds: float | None,
+                 decay: bool = True):
+        self.initial = float(initial)
+        self.n_updates = n_updates
+        self.max_seconds = max_seconds
+        self.decay = decay
+
+    def progress(self, updates_done: int, seconds_done: float) -> float:
+        fractions = [0.0]
+        if self.n_updates is not None:
+            fractions.append(updates_done / max(1, self.n_updates))
+        if self.max_seconds is not None:
+            fractions.append(seconds_done / self.max_seconds if self.max_seconds > 0 else math.inf)
+        return min(1.0, max(fractions))
+
+    def bounded(self) -> bool:
+        return self.n_updates is not None or self.max_seconds is not None
+
+    def rate(self, updates_done: int, seconds_done: float) -> float:
+        if not self.decay or not self.bounded():
+            return self.initial
+        return self.initial * (1.0 - self.progress(updates_done, seconds_done))
+
+
+def softplus(x, xp=np):
+    """log(1 + exp(x)), stable for large |x|."""
+    return xp.logaddexp(0, x)
+
+
+def sigmoid_(x, xp=np):
+    """Logistic sigmoid in place (via tanh: one transcendental, no overflow warnings)."""
+    x *= 0.5
+    xp.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+def sigmoid(x, xp=np):
+    return sigmoid_(xp.array(x, copy=True), xp)
+
+
+def logsumexp(a, axis=None, xp=np):
+    a = xp.asarray(a)
+    m = a.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    out = xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True)) + m
+    if axis is None:
+        return out.reshape(())
+    return xp.squeeze(out, axis=axis)
+
+
+def as_numpy(a):
+    return to_numpy(a)

@@ -1,0 +1,469 @@
+"""Binary restricted Boltzmann machines (thesis 1.3.2 and chapter 3).
+
+``BinaryRBM`` follows ``sklearn.neural_network.BernoulliRBM`` (same learned attribute
+names: ``components_`` (n_hidden, n_visible), ``intercept_hidden_``,
+``intercept_visible_``) and adds the thesis's training algorithms (CD-k, MF-CD, PL,
+PCD, FPCD), the linear learning-rate decay of 3.3.1 over a run bounded by updates or
+wall time, and exact or AIS log-likelihoods.
+
+Energy: ``E(v, h) = -h^T W v - b.v - c.h``; ``W = components_``, ``b = intercept_visible_``,
+``c = intercept_hidden_``. Array code uses ``xp`` (numpy or CuPy, ``device=``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
+from lab.undirected import algorithms as alg
+from lab.undirected._base import Estimator, LinearDecay, check_data, make_stream
+from lab.undirected.partition import rbm_free_energy, rbm_log_partition
+
+
+@dataclass(frozen=True)
+class LogPartition:
+    """An estimate of ``log Z``: exact (lower == upper == value) or AIS with a ±3σ interval."""
+
+    value: float
+    lower: float
+    upper: float
+    method: str
+    seconds: float
+
+
+class _RBMBase(Estimator):
+    """Training machinery shared by ``BinaryRBM`` and ``ClassificationRBM``."""
+
+    _n_softmax = 0     # trailing visible units that form one softmax group
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def _xp(self):
+        return self.backend_.xp
+
+    @property
+    def _visible(self) -> alg.VisibleLayer:
+        return alg.VisibleLayer(self._n_softmax)
+
+    def _check_hyperparameters(self) -> None:
+        if self.algorithm not in alg.ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {alg.ALGORITHMS}, got {self.algorithm!r}")
+        if self.algorithm == "pl" and self._n_softmax:
+            raise ValueError("algorithm='pl' is implemented for binary RBMs only")
+        for name in ("n_hidden", "batch_size", "n_fantasy", "cd_k"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate >= 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate!r}")
+        if not 0 <= self.fast_decay <= 1:
+            raise ValueError(f"fast_decay must be in [0, 1], got {self.fast_decay!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.n_updates is not None and self.n_updates < 0:
+            raise ValueError(f"n_updates must be >= 0 or None, got {self.n_updates!r}")
+        if self.max_seconds is not None and self.max_seconds < 0:
+            raise ValueError(f"max_seconds must be >= 0 or None, got {self.max_seconds!r}")
+        if self.learning_rate_schedule not in ("linear", "constant"):
+            raise ValueError("learning_rate_schedule must be 'linear' or 'constant', "
+                             f"got {self.learning_rate_schedule!r}")
+        if self.visible_bias_init not in ("zero", "data"):
+            raise ValueError(f"visible_bias_init must be 'zero' or 'data', got {self.visible_bias_init!r}")
+
+    def _initialize(self, n_visible: int, data_mean=None) -> None:
+        """Create the learned state (thesis 3.2.4 'Initialization')."""
+        self._check_hyperparameters()
+        self.backend_ = get_backend(self.device)
+        xp = self._xp
+        self.random_stream_ = make_stream(self.random_state, self.backend_)
+        self.n_features_in_ = n_visible
+        # slow weights: small random values; visible biases: zero or the data's log-odds
+        self.components_ = self.random_stream_.normal((self.n_hidden, n_visible), scale=0.01,
+                                                      dtype=DEFAULT_FLOAT)
+        self.intercept_hidden_ = xp.zeros(self.n_hidden, dtype=DEFAULT_FLOAT)
+        self.intercept_visible_ = xp.zeros(n_visible, dtype=DEFAULT_FLOAT)
+        if self.visible_bias_init == "data" and data_mean is not None:
+            self.intercept_visible_ = self._log_odds(data_mean)
+        # persistent chains start at all-zero states
+        self.fantasy_particles_ = None
+        if self.algorithm in alg.PERSISTENT:
+            self.fantasy_particles_ = xp.zeros((self.n_fantasy, n_visible), dtype=DEFAULT_FLOAT)
+        # FPCD's fast overlay theta_delta = theta_fast - theta_slow starts at zero
+        self.fast_components_ = self.fast_intercept_hidden_ = self.fast_intercept_visible_ = None
+        if self.algorithm == "fpcd":
+            self.fast_components_ = xp.zeros_like(self.components_)
+            self.fast_intercept_hidden_ = xp.zeros_like(self.intercept_hidden_)
+            self.fast_intercept_visible_ = xp.zeros_like(self.intercept_visible_)
+        self._velocity = None
+        if self.momentum:
+            self._velocity = [xp.zeros_like(self.components_), xp.zeros_like(self.intercept_visible_),
+                              xp.zeros_like(self.intercept_hidden_)]
+        self.n_updates_ = 0
+        self.train_seconds_ = 0.0
+        self.learning_rate_ = float(self.learning_rate)
+        self._visible_sum = xp.zeros(n_visible, dtype=np.float64)
+        self._n_seen = 0
+        self._logz_cache: dict = {}
+        self._lock = threading.RLock()
+
+    def _log_odds(self, mean):
+        xp = self._xp
+        mean = xp.clip(xp.asarray(mean, dtype=np.float64), 1e-3, 1 - 1e-3)
+        out = xp.log(mean / (1 - mean)).astype(DEFAULT_FLOAT)
+        if self._n_softmax:
+            out[-self._n_softmax:] = 0
+        return out
+
+    # -- schedule ----------------------------------------------------------------
+    @property
+    def schedule_(self) -> LinearDecay:
+        """The learning-rate schedule (3.3.1) implied by the current hyperparameters."""
+        return LinearDecay(self.learning_rate, self.n_updates, self.max_seconds,
+                           decay=self.learning_rate_schedule == "linear")
+
+    @property
+    def progress_(self) -> float:
+        """Fraction of the run done: max of updates/n_updates and seconds/max_seconds."""
+        self._check_is_fitted("components_")
+        return self.schedule_.progress(self.n_updates_, self.train_seconds_)
+
+    @property
+    def current_learning_rate_(self) -> float:
+        """The slow learning rate the next update will use."""
+        self._check_is_fitted("components_")
+        return self.schedule_.rate(self.n_updates_, self.train_seconds_)
+
+    @property
+    def effective_fast_learning_rate_(self) -> float:
+        """FPCD's constant fast learning rate (default: the initial slow learning rate)."""
+        return float(self.learning_rate if self.fast_learning_rate is None else self.fast_learning_rate)
+
+    @property
+    def base_rate_(self):
+        """Mean of the training data seen so far (the AIS base-rate model uses it)."""
+        self._check_is_fitted("components_")
+        return self._visible_sum / max(1, self._n_seen)
+
+    # -- one update ---------------------------------------------------------------
+    def _prepare_batch(self, v):
+        """Training cases as a float32 device array; binarized afresh when asked (3.3.2)."""
+        v = self.backend_.asarray(v, dtype=DEFAULT_FLOAT)
+        if self.binarize:
+            v = alg.bernoulli(v, self.random_stream_)
+        return v
+
+    def _update(self, v_pos) -> None:
+        """One parameter update from the minibatch ``v_pos`` (float32, on the device)."""
+        xp = self._xp
+        lr = self.schedule_.rate(self.n_updates_, self.train_seconds_)
+        W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
+        stream, visible = self.random_stream_, self._visible
+        algorithm = self.algorithm
+        if algorithm == "cd":
+            grads = alg.cd_gradient(v_pos, W, b, c, self.cd_k, stream, visible, xp)
+        elif algorithm == "mfcd":
+            grads = alg.mfcd_gradient(v_pos, W, b, c, self.cd_k, visible, xp)
+        elif algorithm == "pl":
+            grads = alg.pl_gradient(v_pos, W, b, c, xp)
+        else:
+            if algorithm == "fpcd":
+                neg = (W + self.fast_components_, b + self.fast_intercept_visible_,
+                       c + self.fast_intercept_hidden_)
+            else:
+                neg = (W, b, c)
+            grads, particles = alg.persistent_gradient(v_pos, self.fantasy_particles_, W, b, c,
+                                                       neg, stream, visible, xp)
+            self.fantasy_particles_ = particles
+        self._apply(grads, lr)
+        self._visible_sum += v_pos.sum(axis=0)
+        self._n_seen += v_pos.shape[0]
+        self.n_updates_ += 1
+        self.learning_rate_ = lr
+
+    def _apply(self, grads, lr: float) -> None:
+        gW, gb, gc = grads
+        params = (self.components_, self.intercept_visible_, self.intercept_hidden_)
+        if self.algorithm == "fpcd":
+            # step 7: theta_delta = lambda * theta_delta + g * fast learning rate
+            flr = self.effective_fast_learning_rate_
+            for fast, g in zip((self.fast_components_, self.fast_intercept_visible_,
+                                self.fast_intercept_hidden_), grads):
+                fast *= self.fast_decay
+                fast += flr * g
+        if self.weight_decay:
+            gW = gW - self.weight_decay * self.components_      # on the slow weights only
+        # step 6: theta_slow += g * learning rate (with optional momentum)
+        if self._velocity is not None:
+            for vel, p, g in zip(self._velocity, params, (gW, gb, gc)):
+                vel *= self.momentum
+                vel += lr * g
+                p += vel
+        else:
+            for p, g in zip(params, (gW, gb, gc)):
+                g *= lr
+                p += g
+
+    # -- public training API ------------------------------------------------------
+    def _fit_loop(self, X, labels=None) -> None:
+        """Minibatch passes over ``X`` until the schedule's bound is reached."""
+        xp = self._xp
+        X_dev = self.backend_.asarray(X, dtype=DEFAULT_FLOAT)
+        n = X_dev.shape[0]
+        bs = min(self.batch_size, n)
+        n_batches = max(1, n // bs)
+        schedule = self.schedule_
+        total_updates = self.n_updates
+        if not schedule.bounded():
+            total_updates = 10 * n_batches          # sklearn's default of 10 epochs
+        start = time.perf_counter()
+        base_seconds = self.train_seconds_
+        bar = None
+        if self.verbose:
+            from lab.progress import Progress  # noqa: PLC0415
+            if self.max_seconds is not None and self.n_updates is None:
+                bar = Progress(self.max_seconds, f"{type(self).__name__}[{self.algorithm}]", unit="s")
+            else:
+                bar = Progress(total_updates, f"{type(self).__name__}[{self.algorithm}]")
+        try:
+            while True:
+                order = self.random_stream_.permutation(n)
+                for k in range(n_batches):
+                    self.train_seconds_ = base_seconds + time.perf_counter() - start
+                    if self.n_updates_ >= (total_updates if total_updates is not None else np.inf):
+                        return
+                    if schedule.bounded() and schedule.progress(self.n_updates_, self.train_seconds_) >= 1:
+                        return
+                    idx = order[k * bs:(k + 1) * bs]
+                    if xp is not np:
+                        idx = xp.asarray(idx)
+                    v = X_dev[idx]
+                    if self.binarize:
+                        v = alg.bernoulli(v, self.random_stream_)
+                    with self._lock:
+                        self._update(self._with_labels(v, labels, idx))
+                    if bar is not None:
+                        if bar.unit == "s":
+                            bar.set(self.train_seconds_, lr=self.learning_rate_)
+                        else:
+                            bar.set(self.n_updates_, lr=self.learning_rate_)
+        finally:
+            self.train_seconds_ = base_seconds + time.perf_counter() - start
+            if bar is not None:
+                bar.close()
+
+    def _with_labels(self, v, labels, idx):
+        return v
+
+    def snapshot(self) -> dict:
+        """Numpy copies of the parameters and particles, taken under the update lock
+        (for viewers polling a model that a training thread updates)."""
+        self._check_is_fitted("components_")
+        with self._lock:
+            out = {name: to_numpy(getattr(self, name)).copy()
+                   for name in ("components_", "intercept_visible_", "intercept_hidden_",
+                                "fantasy_particles_", "fast_components_",
+                                "fast_intercept_visible_", "fast_intercept_hidden_")
+                   if getattr(self, name, None) is not None}
+            out.update(n_updates=self.n_updates_, train_seconds=self.train_seconds_,
+                       learning_rate=self.learning_rate_)
+        return out
+
+    # -- inference ----------------------------------------------------------------
+    def _hidden_mean(self, v):
+        return alg.hidden_mean(v, self.components_, self.intercept_hidden_, self._xp)
+
+    def gibbs(self, v):
+        """One full Gibbs step ``v -> h -> v'`` (sampled states), as in sklearn."""
+        self._check_is_fitted("components_")
+        xp = self._xp
+        v = check_data(v, n_features=self.components_.shape[1], name="v")
+        v = self.backend_.asarray(v, dtype=DEFAULT_FLOAT)
+        h = alg.bernoulli(self._hidden_mean(v), self.random_stream_)
+        return self._visible.sample_(alg.visible_pre(h, self.components_, self.intercept_visible_),
+                                     self.random_stream_, xp)
+
+    def sample(self, n_samples: int = 100, n_steps: int = 1000, init=None, random_state=None,
+               return_mean: bool = False):
+        """Run ``n_samples`` Gibbs chains for ``n_steps`` full steps and return the final
+        visible states (fig 3.2).
+
+        ``init``: None (independent draws from the visible biases), ``"fantasy"`` (the
+        persistent particles, repeated as needed) or an array. ``return_mean``: return
+        P(v | h) of the last step instead of a binary sample (smoother pictures).
+        """
+        self._check_is_fitted("components_")
+        xp = self._xp
+        stream = self.random_stream_ if random_state is None else make_stream(random_state, self.backend_)
+        W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
+        if init is None:
+            v = self._visible.sample_(xp.tile(b, (n_samples, 1)), stream, xp)
+        elif isinstance(init, str) and init == "fantasy":
+            if self.fantasy_particles_ is None:
+                raise ValueError("init='fantasy' needs a persistent algorithm (pcd or fpcd)")
+            reps = -(-n_samples // self.fantasy_particles_.shape[0])
+            v = xp.tile(self.fantasy_particles_, (reps, 1))[:n_samples].copy()
+        else:
+            v = self.backend_.asarray(check_data(init, n_features=W.shape[1], name="init"),
+                                      dtype=DEFAULT_FLOAT)
+        mean = None
+        for _ in range(n_steps):
+            h = alg.bernoulli(alg.hidden_mean(v, W, c, xp), stream)
+            pre = alg.visible_pre(h, W, b)
+            if return_mean:
+                mean = self._visible.mean_(pre.copy(), xp)
+            v = self._visible.sample_(pre, stream, xp)
+        return mean if (return_mean and mean is not None) else v
+
+
+class BinaryRBM(_RBMBase):
+    """A binary RBM trained with CD-k, MF-CD, PL, PCD or FPCD (thesis chapter 3).
+
+    Parameters
+    ----------
+    n_hidden : number of binary hidden units.
+    algorithm : ``"pcd"`` (default), ``"fpcd"``, ``"cd"``, ``"mfcd"`` or ``"pl"``.
+    cd_k : Gibbs steps for ``cd``/``mfcd`` (CD-1, CD-10 in the thesis).
+    learning_rate : initial (slow) learning rate; the gradient is a mean over cases.
+    batch_size : training cases per update (100 in all thesis experiments, 3.3.1).
+    n_fantasy : persistent chains for PCD/FPCD (Nf = 100, 3.2.4).
+    fast_learning_rate : FPCD's constant fast learning rate; None means equal to
+        ``learning_rate`` (the heuristic of Tieleman & Hinton 2009). 0 gives PCD.
+    fast_decay : FPCD's overlay decay lambda per update (19/20, 3.2.4).
+    weight_decay : L2 penalty on the (slow) weights, not on biases.
+    momentum : classical momentum on the slow parameters (3.2.2 explains why PCD
+        dislikes it).
+    n_updates, max_seconds : bound of a ``fit`` run, in updates and/or wall-clock
+        seconds (whichever comes first); the learning rate decays linearly to zero over
+        it (3.3.1). With neither, ``fit`` does 10 epochs at a constant rate, and
+        ``partial_fit`` keeps a constant rate.
+    learning_rate_schedule : ``"linear"`` (3.3.1) or ``"constant"``.
+    binarize : treat ``X`` as probabilities in [0, 1] and sample a fresh binary version
+        of every minibatch (stochastically binarized MNIST, 3.3.2).
+    visible_bias_init : ``"zero"`` (sklearn) or ``"data"`` (log-odds of the data means).
+    random_state : seed (int), None, or a ``lab.backend.RandomStream``.
+    device : ``"cpu"``, ``"gpu"``, ``"auto"`` or None (``$LAB_DEVICE``).
+    verbose : show a progress bar during ``fit``.
+
+    Attributes
+    ----------
+    components_ : (n_hidden, n_visible) slow weights W.
+    intercept_hidden_, intercept_visible_ : biases c and b.
+    fantasy_particles_ : (n_fantasy, n_visible) persistent chains (PCD/FPCD), else None.
+    fast_components_, fast_intercept_hidden_, fast_intercept_visible_ : FPCD's fast
+        overlay theta_delta (the fast weights are slow + overlay), else None.
+    n_updates_, train_seconds_ : updates done and training seconds spent.
+    learning_rate_ : the slow learning rate of the last update.
+    random_stream_ : the RandomStream (its ``get_state()`` is JSON-able).
+    """
+
+    def __init__(self, n_hidden: int = 256, *, algorithm: str = "pcd", cd_k: int = 1,
+                 learning_rate: float = 0.01, batch_size: int = 100, n_fantasy: int = 100,
+                 fast_learning_rate: float | None = None, fast_decay: float = 19 / 20,
+                 weight_decay: float = 0.0, momentum: float = 0.0,
+                 n_updates: int | None = None, max_seconds: float | None = None,
+                 learning_rate_schedule: str = "linear", binarize: bool = False,
+                 visible_bias_init: str = "zero", random_state=None, device: str | None = None,
+                 verbose: bool = False):
+        self.n_hidden = n_hidden
+        self.algorithm = algorithm
+        self.cd_k = cd_k
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.n_fantasy = n_fantasy
+        self.fast_learning_rate = fast_learning_rate
+        self.fast_decay = fast_decay
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.n_updates = n_updates
+        self.max_seconds = max_seconds
+        self.learning_rate_schedule = learning_rate_schedule
+        self.binarize = binarize
+        self.visible_bias_init = visible_bias_init
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def _check_X(self, X, fitted: bool):
+        n_features = self.components_.shape[1] if fitted else None
+        return check_data(X, n_features=n_features, allow_probabilities=self.binarize)
+
+    def fit(self, X, y=None) -> "BinaryRBM":
+        """Train from scratch on ``X`` (n_samples, n_visible) until ``n_updates`` or
+        ``max_seconds`` (10 epochs when neither is set). Returns self."""
+        X = self._check_X(X, fitted=False)
+        self._initialize(X.shape[1], data_mean=X.mean(axis=0))
+        self._fit_loop(X)
+        return self
+
+    def partial_fit(self, X, y=None) -> "BinaryRBM":
+        """One update using all of ``X`` as the minibatch (initializes on first call).
+
+        The learning rate follows the schedule (``current_learning_rate_``), so a
+        training thread calling this in a loop reproduces ``fit``'s decay.
+        """
+        fitted = hasattr(self, "components_")
+        X = self._check_X(X, fitted=fitted)
+        if not fitted:
+            self._initialize(X.shape[1], data_mean=X.mean(axis=0))
+        start = time.perf_counter()
+        with self._lock:
+            self._update(self._prepare_batch(X))
+            self.train_seconds_ += time.perf_counter() - start
+        return self
+
+    def transform(self, X):
+        """Hidden activation probabilities P(h = 1 | v = X)."""
+        self._check_is_fitted("components_")
+        X = check_data(X, n_features=self.components_.shape[1], allow_probabilities=True)
+        return self._hidden_mean(self.backend_.asarray(X, dtype=DEFAULT_FLOAT))
+
+    def free_energy(self, X):
+        """F(v) = -log sum_h exp(-E(v, h)) per row, float64."""
+        self._check_is_fitted("components_")
+        X = check_data(X, n_features=self.components_.shape[1], allow_probabilities=True)
+        X = self.backend_.asarray(X, dtype=np.float64)
+        return to_numpy(rbm_free_energy(X, self.components_, self.intercept_visible_,
+                                        self.intercept_hidden_))
+
+    def log_partition(self, method: str = "exact", *, n_runs: int = 100, betas=None,
+                      base_rate=None, random_state=None, threads: int | None = None) -> LogPartition:
+        """``log Z`` by enumerating the smaller layer (``"exact"``) or by AIS (``"ais"``,
+        Salakhutdinov & Murray 2008, base-rate model fitted to the training data)."""
+        self._check_is_fitted("components_")
+        W = to_numpy(self.components_).astype(np.float64)
+        b = to_numpy(self.intercept_visible_).astype(np.float64)
+        c = to_numpy(self.intercept_hidden_).astype(np.float64)
+        key = (method, float(W.sum()), float(b.sum()), float(c.sum()), self.n_updates_)
+        if method == "exact" and key in self._logz_cache:
+            return self._logz_cache[key]
+        start = time.perf_counter()
+        if method == "exact":
+            value = rbm_log_partition(W, b, c, threads=threads)
+            result = LogPartition(value, value, value, "exact", time.perf_counter() - start)
+            self._logz_cache[key] = result
+            return result
+        if method == "ais":
+            from lab.undirected.ais import ais_log_partition  # noqa: PLC0415
+            base = to_numpy(self.base_rate_) if base_rate is None else np.asarray(base_rate)
+            stream = make_stream(self.random_state if random_state is None else random_state,
+                                 self.backend_)
+            res = ais_log_partition(self.components_, self.intercept_visible_,
+                                    self.intercept_hidden_, base, n_runs=n_runs, betas=betas,
+                                    stream=stream)
+            return LogPartition(res.log_z, res.lower, res.upper, "ais", time.perf_counter() - start)
+        raise ValueError(f"method must be 'exact' or 'ais', got {method!r}")
+
+    def score_samples(self, X, method: str = "exact", **kwargs):
+        """log p(v) per row of ``X`` (float64 numpy), with log Z exact or from AIS."""
+        log_z = self.log_partition(method, **kwargs).value
+        X = check_data(X, n_features=self.components_.shape[1])
+        return -self.free_energy(X) - log_z
+
+    def score(self, X, y=None, method: str = "exact", **kwargs) -> float:
+        """Mean log-likelihood per case (nats)."""
+        return float(np.mean(self.score_samples(X, method=method, **kwargs)))
