@@ -189,6 +189,15 @@ class CapsuleAutoencoder:
         parts = self._batched(images, one, batch_size)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    def render_world(self, matrices, intensities) -> np.ndarray:
+        """Render ACs from AC-in-world iGeo poses directly: world -> template matrices
+        (N,K,3,3) and intensities (N,K,M) -> images (N,H,W) (e.g. MFA means, fig 2.17)."""
+        m = np.asarray(matrices, dtype=self.dtype)
+        i = np.asarray(intensities, dtype=self.dtype).reshape(m.shape[0], m.shape[1], -1)
+        with no_grad():
+            contributions = self.acs.render(Tensor(m), Tensor(i))
+            return output_model(contributions, self.config.output_kind).numpy()
+
     def templates(self) -> np.ndarray:
         """The non-negative learned templates (K, M, T, T) (fig 2.15)."""
         with no_grad():
@@ -227,6 +236,23 @@ class CapsuleAutoencoder:
             p.data[...] = p.xp.asarray(a, dtype=p.dtype)
         if "const/code_offset" in arrays:
             self.code_offset = np.asarray(arrays["const/code_offset"], dtype=self.dtype)
+
+    def _modules(self) -> list:
+        mods = [self.encoder, self.acs]
+        if hasattr(self, "ccr"):
+            mods.append(self.ccr.pose_fn)
+        return mods
+
+    def bind_params(self, tensors: dict) -> None:
+        """Use the given Tensors as parameters (same names and shapes), e.g. the leaves of
+        a gradient check; ``params`` and every submodule see the new objects."""
+        for name, t in tensors.items():
+            if name not in self.params:
+                raise KeyError(f"unknown parameter {name!r}")
+            for mod in self._modules() + ([self.ccr] if hasattr(self, "ccr") else []):
+                if name in mod.params:
+                    mod.params[name] = t
+            self.params[name] = t
 
     def n_parameters(self) -> int:
         return int(sum(p.size for p in self.params.values()))
@@ -380,10 +406,11 @@ class MixtureOfCCsAutoencoder(SingleCCAutoencoder):
 MODELS = {"ac": ACAutoencoder, "single_cc": SingleCCAutoencoder, "mixture": MixtureOfCCsAutoencoder}
 
 
-def build_model(config: CapsuleConfig, seed: int = 0) -> CapsuleAutoencoder:
-    """The autoencoder that ``config.model`` names, initialised from ``seed``."""
+def build_model(config: CapsuleConfig, seed: int = 0, dtype=DEFAULT_FLOAT) -> CapsuleAutoencoder:
+    """The autoencoder that ``config.model`` names, initialised from ``seed`` (``dtype``
+    float64 for gradient checks)."""
     try:
         cls = MODELS[config.model]
     except KeyError:
         raise ValueError(f"unknown model kind {config.model!r}: expected one of {list(MODELS)}") from None
-    return cls(config, seed=seed)
+    return cls(config, seed=seed, dtype=dtype)

@@ -1,0 +1,187 @@
+"""CapsuleTrainer: learning, checkpoints, resume equality, NaN rollback, CLI (thesis 2.5-2.6)."""
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from lab.capsules import CapsuleConfig, load
+from lab.capsules.trainer import CapsuleTrainer
+from lab.checkpoint import CheckpointError, NonFiniteError, load_checkpoint
+
+
+def tiny_config(**kw):
+    base = dict(name="tiny", model="mixture", image_size=8, n_components=3, n_acs=2,
+                template_size=3, n_distortions=2, encoder_hidden=12, decoder_hidden=8,
+                batch_size=16, n_valid=16, eval_every=5, optimizer="adam",
+                optimizer_kwargs={"lr": 1e-2})
+    base.update(kw)
+    return CapsuleConfig(**base)
+
+
+def blobs(n=96, size=8, seed=0):
+    """Bright Gaussian blobs at random places: a problem a tiny capsule model can learn."""
+    rng = np.random.default_rng(seed)
+    r = np.arange(size)
+    out = np.zeros((n, size, size), dtype=np.float32)
+    for i in range(n):
+        c = rng.uniform(2, size - 3, 2)
+        out[i] = np.exp(-((r[:, None] - c[0]) ** 2 + (r[None, :] - c[1]) ** 2) / 3.0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = blobs(96)
+    return x[:80], x[80:]
+
+
+def params_of(tr):
+    return {k: p.data.copy() for k, p in tr.model.params.items()}
+
+
+def test_loss_decreases(data):
+    tr = CapsuleTrainer(tiny_config(), data[0], data[1], seed=0)
+    before = tr.evaluate()
+    losses = [tr.step()["recon"] for _ in range(60)]
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
+    assert tr.evaluate() < before
+    m = tr.history[-1]
+    for key in ("loss", "recon_per_pixel", "weight_decay", "determinant", "usage",
+                "code_decay", "mixture_max_y", "step_scale", "seconds"):
+        assert key in m, key
+    assert "valid_recon_nodropout" in tr.history[4]
+
+
+@pytest.mark.parametrize("optimizer", ["conservative", "adam"])
+def test_resume_gives_the_same_trajectory(data, tmp_path, optimizer):
+    cfg = tiny_config(optimizer=optimizer, optimizer_kwargs={})
+    a = CapsuleTrainer(cfg, data[0], data[1], seed=3)
+    for _ in range(8):
+        a.step()
+    b = CapsuleTrainer(cfg, data[0], data[1], seed=3)
+    for _ in range(4):
+        b.step()
+    path = b.save(tmp_path / "mid.npz")
+    del b
+    c = CapsuleTrainer.load(path, data[0], data[1])
+    assert c.step_count == 4
+    for _ in range(4):
+        c.step()
+    pa, pc = params_of(a), params_of(c)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pc[k], err_msg=k)
+    assert a.history[-1]["loss"] == c.history[-1]["loss"]
+
+
+def test_checkpoint_round_trip_and_model_load(data, tmp_path):
+    tr = CapsuleTrainer(tiny_config(), data[0], data[1], seed=1)
+    for _ in range(3):
+        tr.step()
+    path = tr.save(tmp_path / "final.npz")
+    arrays, meta = load_checkpoint(path)
+    assert meta["step"] == 3 and meta["config"]["n_acs"] == 2
+    assert any(k.startswith("opt/") for k in arrays) and "data/order" in arrays
+    model = load(tmp_path)                       # a run directory works too
+    np.testing.assert_array_equal(model.reconstruct(data[1]), tr.model.reconstruct(data[1]))
+    code = model.encode(data[1][:2])
+    assert code.mixture.shape == (2, 3)
+
+
+def test_corrupted_checkpoint_is_rejected(data, tmp_path):
+    tr = CapsuleTrainer(tiny_config(), data[0], data[1], seed=1)
+    path = tr.save(tmp_path / "c.npz")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError):
+        CapsuleTrainer.load(path, data[0], data[1])
+    (tmp_path / "t.npz").write_bytes(bytes(raw[:200]))
+    with pytest.raises(CheckpointError):
+        load(tmp_path / "t.npz")
+
+
+def test_nan_triggers_rollback_and_step_cut(data, tmp_path):
+    tr = CapsuleTrainer(tiny_config(), data[0], data[1], seed=2, good_every=2)
+    for _ in range(4):
+        tr.step()
+    good = params_of(tr)                         # captured at step 4
+    scale = tr.optimizer.step_scale
+    tr.model.params["encoder.W1"].data[0, 0] = np.nan
+    with pytest.raises(NonFiniteError):
+        tr.save(tmp_path / "nan.npz")            # a NaN never reaches the disk
+    assert not (tmp_path / "nan.npz").exists()
+    m = tr.step()
+    assert m["rollback"] == 1 and "non-finite" in m["rollback_reason"]
+    assert tr.optimizer.step_scale == pytest.approx(scale * tr.config.nan_step_cut)
+    assert len(tr.events) == 1
+    now = params_of(tr)
+    for k in good:
+        np.testing.assert_array_equal(now[k], good[k])
+    m = tr.step()                                # training goes on, finite
+    assert "rollback" not in m and np.isfinite(m["loss"])
+    tr.save(tmp_path / "ok.npz")
+    # a divergent update (huge step) is caught after the update too
+    tr.optimizer.step_scale = 1e30
+    m = tr.step()
+    if "rollback" in m:
+        assert all(np.isfinite(p.data).all() for p in tr.model.params.values())
+
+
+def test_snapshot_from_another_thread(data):
+    tr = CapsuleTrainer(tiny_config(), data[0], data[1], seed=0)
+    snaps = []
+
+    def watch():
+        for _ in range(5):
+            snaps.append(tr.snapshot())
+    t = threading.Thread(target=watch)
+    t.start()
+    for _ in range(5):
+        tr.step()
+    t.join()
+    s = tr.snapshot()
+    assert s["templates"].shape == (2, 1, 3, 3)
+    assert s["reconstructions"].shape == s["originals"].shape == (8, 8, 8)
+    assert s["step"] == 5 and len(snaps) == 5
+    # a snapshot never draws from the training stream
+    state = tr.stream.get_state()
+    tr.snapshot()
+    assert tr.stream.get_state() == state
+
+
+def test_conservative_rule_fractions_are_logged(data):
+    tr = CapsuleTrainer(tiny_config(optimizer="conservative", optimizer_kwargs={}),
+                        data[0], data[1], seed=0)
+    ms = [tr.step() for _ in range(3)]
+    assert any(k.startswith("rule_rule") for k in ms[-1])
+    from lab.capsules.analysis import rule_dominance
+    rd = rule_dominance(tr.history)
+    assert len(rd["step"]) == 3 and "rule4" in rd
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    if not os.environ.get("LAB_DATA_DIR"):
+        pytest.skip("LAB_DATA_DIR not set (MNIST needed)")
+    from lab.cli import main
+    out = tmp_path / "run"
+    small = ["--set", "n_components=3", "--set", "n_acs=2", "--set", "encoder_hidden=8",
+             "--set", "decoder_hidden=6", "--set", "n_distortions=2", "--set", "batch_size=20",
+             "--set", "n_valid=20", "--set", "eval_every=2"]
+    assert main(["train", "capsules", "--config", "mnist-quick", "--steps", "3", "--out", str(out),
+                 "--checkpoint-seconds", "0", *small]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "event" not in r] == [1, 2, 3]
+    assert (out / "final.npz").exists() and list(out.glob("ckpt-*.npz"))
+    assert main(["train", "capsules", "--config", "mnist-quick", "--steps", "2", "--out", str(out),
+                 "--resume", "--checkpoint-seconds", "1000", *small]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 5
+    assert main(["eval", "capsules", str(out), "--n-test", "200", "--n-train", "500"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("recon_error_test_dropout", "recon_error_test_nodropout",
+                "recon_error_test_nodropout_percent_variance", "label25_error", "kmeans10_accuracy"):
+        assert res[key] is not None, key
+    assert res["step"] == 5
