@@ -8,25 +8,28 @@ template between its pixel points is bilinearly interpolated and zero outside th
 
 The thesis spent much effort on this op's CUDA kernels (2.5.2) because rendering and
 its gradient dominate the compute time. Here it is one ``Function`` with a
-hand-written backward, vectorized over all ``B * K`` canvases:
+hand-written backward, vectorized over all ``B * K`` canvases, in chunks of canvases
+of one template (so that work arrays stay in cache):
 
+footprint
+    the template coordinates ``(u, v)`` of every output pixel are one small matrix
+    product ``[T M00, T M01, T M02 - 0.5] @ [p0; p1; 1]``. A template is zero outside
+    ``-1 < u < T0, -1 < v < T1``, so only the pixels inside this footprint (found
+    with a mask, kept as flat positions) are computed at all: a learned capsule
+    covers a fraction of the canvas (thesis fig. 2.14), and value and gradient are
+    exactly zero elsewhere.
 forward
-    template coordinates ``u`` (rows) and ``v`` (columns) of every output pixel are
-    separable sums ``U[bk, i] + V[bk, j]``; after clipping into a zero border they are
-    split into an integer cell and a fraction ``(wu, wv)``; each cell's bilinear
-    polynomial ``c0 + c1 wv + c2 wu + c3 wu wv`` (a table built once from the
-    zero-padded templates) is gathered by a flat index.
+    inside the footprint ``(u, v)`` splits into a cell and fractions ``(wu, wv)``;
+    one gather fetches the cell's bilinear polynomial ``c0 + c1 wv + c2 wu + c3 wu wv``
+    (a table built once from the zero-padded templates).
 backward
-    templates: the four polynomial coefficients' gradients ``(g, g wv, g wu, g wu wv)``
+    templates: the polynomial coefficients' gradients ``(g, g wv, g wu, g wu wv)``
     are scattered onto the cell table with ``np.add.at`` and mapped back to pixels;
-    matrices: the spatial derivatives ``dval/dwu = c2 + c3 wv`` and ``dval/dwv =
-    c1 + c3 wu`` times ``d(u, v)/dM`` (a product with the pixel coordinates);
-    intensities: ``Σ gy · value``.
+    matrices: ``d loss/du = g (c2 + c3 wv)`` and ``d loss/dv = g (c1 + c3 wu)`` times
+    the pixel coordinates ``(p0, p1, 1)`` (a matrix product); intensities: ``Σ gy · value``.
 
-Clipping keeps coordinates inside a border of two zero template pixels, where value
-and derivatives vanish, so no validity masks are needed. Work is done in chunks of
-canvases so that intermediates stay in cache. Float32 inputs are computed in
-float32; any float64 input makes the whole op float64 (used by the gradient checks).
+Float32 inputs are computed in float32; any float64 input makes the whole op float64
+(used by the gradient checks). The CPU path uses numpy only.
 """
 from __future__ import annotations
 
@@ -37,10 +40,10 @@ import numpy as np
 from lab.autodiff import Function, Tensor, grad_enabled, register_op
 from lab.graphics.frames import as_size, pixel_centres
 
-_PAD = 2  # zero template pixels on each side (coordinates are clipped into this border)
+_PAD = 1  # a zero template pixel on each side: every cell in the footprint has 4 corners
 
-#: Output pixels per chunk (whole canvases): a chunk's dozen work arrays stay in cache.
-CHUNK_PIXELS = 1 << 15
+#: Output pixels per chunk (whole canvases of one template): work arrays stay in cache.
+CHUNK_PIXELS = 1 << 17
 
 _workspace = threading.local()
 
@@ -75,14 +78,20 @@ def _scatter_add(xp, target, index, values):
 class RenderTemplates(Function):
     """Fused ACR: templates (K,T0,T1), world->template (B,K,3,3), intensity (B,K) -> (B,K,H,W).
 
-    Forward keeps, per output pixel, the cell index, the fractions, the two spatial
-    derivatives and the unscaled value (only when a backward can follow).
+    Forward keeps, for the pixels inside each footprint only, their flat positions,
+    fractions and cells (and only when a backward can follow); backward re-gathers
+    the cell polynomials, which is cheaper than storing them.
     """
 
     label = "ACR"
 
     def __init__(self, size):
         self.size = as_size(size)
+
+    def __call__(self, *inputs):
+        # keep per-pixel state only when a backward can follow
+        self.need_grad = grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+        return super().__call__(*inputs)
 
     # -- input checks ------------------------------------------------------------
     @staticmethod
@@ -100,57 +109,54 @@ class RenderTemplates(Function):
             raise ValueError(f"render_templates: intensity must have shape (B, K) = {tuple(m.shape[:2])}, "
                              f"got {tuple(intensity.shape)}")
 
-    # -- shared sampling of one chunk of canvases ----------------------------------
-    def _sample(self, xp, k, a, b, out=None):
-        """Sample template k for canvases a:b -> (wu, wv, idx, du, dv, val), each (b-a, H, W).
+    # -- the footprint of one chunk of canvases ----------------------------------
+    def _footprint(self, xp, k, a, b):
+        """Flat positions (in the chunk's (b-a)*N pixels) inside template k's footprint,
+        their fractions ``w`` (2, n) and cell indices (n,)."""
+        n = (b - a) * self.N
+        full = self.step * self.N
+        uv = _buffer(xp, "uv", (2, full), self.dt)[:, :n]
+        inside = _buffer(xp, "inside", (2, full), bool)[:, :n]
+        upper = _buffer(xp, "upper", (2, full), bool)[:, :n]
+        # shifted template pixel coordinates: [T M00, T M01, T M02 - 0.5 + PAD] @ [p0; p1; 1]
+        xp.matmul(self.coef[k, :, a:b], self.basis, out=uv.reshape(2, b - a, self.N))
+        # inside: -1 < u < T0 and -1 < v < T1 (outside, value and slopes are exactly 0)
+        xp.greater(uv, _PAD - 1, out=inside)
+        xp.less(uv, self.uvmax, out=upper)
+        inside &= upper
+        xp.logical_and(inside[0], inside[1], out=inside[0])
+        pos = xp.flatnonzero(inside[0])
+        w = xp.take(uv, pos, axis=1)                  # (2, n_in) coordinates, then fractions
+        f = xp.floor(w)
+        w -= f
+        f[0] *= self.C
+        f[0] += f[1]
+        return pos, w, f[0].astype(xp.intp)
 
-        ``out``: a dict of destination arrays for those six (the state kept for backward),
-        or None to compute only ``val`` in scratch space (rendering without gradients).
-        """
-        H, W = self.size
-        n = (b - a) * H * W
-        step_n = self.step * H * W
-        dt = self.dt
-        shape = (b - a, H, W)
-
-        def scratch(name, dtype=dt):
-            return _buffer(xp, name, (step_n,), dtype)[:n].reshape(shape)
-
-        def dest(name, dtype=dt):
-            return out[name][k, a:b] if out is not None else scratch(name, dtype)
-
-        u, v, fu, fv = scratch("u"), scratch("v"), scratch("fu"), scratch("fv")
-        cbuf = _buffer(xp, "c", (step_n, 4), dt)[:n]
-        c4 = _buffer(xp, "c4", (4, step_n), dt)[:, :n]
-        # shifted template pixel coordinates u = T0 q0 - 0.5 + PAD, a sum of a row term and a column term
-        xp.add(self.U[k, a:b, :, None], self.Uj[k, a:b, None, :], out=u)
-        xp.add(self.V[k, a:b, :, None], self.Vj[k, a:b, None, :], out=v)
-        xp.clip(u, 0.0, self.umax, out=u)        # beyond: two zero template pixels, value and slope 0
-        xp.clip(v, 0.0, self.vmax, out=v)
-        xp.floor(u, out=fu)
-        xp.floor(v, out=fv)
-        wu = xp.subtract(u, fu, out=dest("wu"))
-        wv = xp.subtract(v, fv, out=dest("wv"))
-        fu *= self.C
-        fu += fv
-        idx = dest("idx", xp.intp)
-        idx[...] = fu                             # cell index (exact small integers)
-        # one gather fetches a cell's 4 polynomial coefficients; the indices are in range by
-        # construction, and mode="clip" skips numpy's bounds check (twice as fast)
-        xp.take(self.table[k], idx.reshape(-1), out=cbuf.view(self.item).reshape(-1), mode="clip")
-        c4[...] = cbuf.T                          # contiguous coefficients: faster arithmetic below
-        c0, c1, c2, c3 = (c4[j].reshape(shape) for j in range(4))
-        du = xp.multiply(c3, wv, out=dest("du"))
-        du += c2                                  # dval/dwu = c2 + c3 wv
-        val = xp.multiply(wu, du, out=dest("val"))
-        val += c0
-        dv = None
-        if out is not None:
-            dv = xp.multiply(c3, wu, out=dest("dv"))
-            dv += c1                              # dval/dwv = c1 + c3 wu
-        c1 *= wv
-        val += c1
-        return wu, wv, idx, du, dv, val
+    def _gather(self, xp, k, idx, w, need_dv, val_out):
+        """Bilinear value (-> ``val_out``) and slopes ``(du, dv)`` at the cells ``idx``."""
+        n = idx.size
+        cbuf = _buffer(xp, "c", (self.step * self.N, 4), self.dt)[:n]
+        c4 = _buffer(xp, "c4", (4, self.step * self.N), self.dt)[:, :n]
+        # one gather fetches a cell's 4 polynomial coefficients (an opaque 4-number item);
+        # the indices are in range by construction, and mode="clip" skips the bounds check
+        xp.take(self.table[k], idx, out=cbuf.view(self.item).reshape(-1), mode="clip")
+        c4[...] = cbuf.T                              # contiguous coefficients: faster arithmetic below
+        c0, c1, c2, c3 = c4
+        wu, wv = w
+        duv = _buffer(xp, "duv", (2, self.step * self.N), self.dt)[:, :n]
+        du, dv = duv
+        xp.multiply(c3, wv, out=du)
+        du += c2                                      # dval/dwu = c2 + c3 wv
+        if need_dv:
+            xp.multiply(c3, wu, out=dv)
+            dv += c1                                  # dval/dwv = c1 + c3 wu
+        if val_out is not None:
+            xp.multiply(wu, du, out=val_out)
+            val_out += c0
+            c1 *= wv
+            val_out += c1
+        return duv
 
     # -- forward -----------------------------------------------------------------
     def forward(self, xp, templates, m, intensity):
@@ -160,6 +166,7 @@ class RenderTemplates(Function):
         K, T0, T1 = templates.shape
         B = m.shape[0]
         H, W = self.size
+        N = self.N = H * W
         R, C = T0 + 2 * _PAD, T1 + 2 * _PAD          # cells per template (rows, columns)
         self.dims = (B, K, T0, T1, R)
         self.C = C
@@ -173,80 +180,100 @@ class RenderTemplates(Function):
         self.item = xp.dtype(f"V{4 * xp.dtype(dt).itemsize}")
         self.table = xp.ascontiguousarray(table).reshape(K, R * C, 4).view(self.item).reshape(K, R * C)
 
-        self.p0, self.p1 = p0, p1 = pixel_centres(H, xp, dt), pixel_centres(W, xp, dt)
-        mk = m.transpose(1, 0, 2, 3)                                                 # (K, B, 3, 3)
-        self.U = T0 * (mk[..., 0, 0, None] * p0 + mk[..., 0, 2, None]) + (_PAD - 0.5)  # (K, B, H)
-        self.Uj = T0 * (mk[..., 0, 1, None] * p1)                                      # (K, B, W)
-        self.V = T1 * (mk[..., 1, 0, None] * p0 + mk[..., 1, 2, None]) + (_PAD - 0.5)
-        self.Vj = T1 * (mk[..., 1, 1, None] * p1)
-        self.umax, self.vmax = T0 + _PAD + 0.5, T1 + _PAD + 0.5
+        p0, p1 = pixel_centres(H, xp, dt), pixel_centres(W, xp, dt)
+        self.basis = xp.stack([xp.repeat(p0, W), xp.tile(p1, H), xp.ones(N, dtype=dt)])   # (3, N)
+        # u = T0 (M00 p0 + M01 p1 + M02) - 0.5 + PAD (and v with T1, row 1), per template k
+        scale = xp.asarray([T0, T1], dtype=dt)[:, None]
+        coef = m[:, :, :2, :].transpose(1, 2, 0, 3) * scale[None, :, :, None]             # (K, 2, B, 3)
+        coef[..., 2] += _PAD - 0.5
+        self.coef = xp.ascontiguousarray(coef)
+        self.uvmax = xp.asarray([T0 + _PAD, T1 + _PAD], dtype=dt)[:, None]
         self.intensity = intensity
-        self.step = step = max(1, CHUNK_PIXELS // (H * W))
+        self.step = step = max(1, CHUNK_PIXELS // N)
 
-        y = xp.empty((B, K, H, W), dtype=dt)
-        # what backward needs, laid out (K, B, H, W): each template's part is contiguous
-        saved = None
-        if self.need_grad:
-            saved = {name: xp.empty((K, B, H, W), dtype=dt) for name in ("wu", "wv", "du", "dv", "val")}
-            saved["idx"] = xp.empty((K, B, H, W), dtype=xp.intp)
+        y = xp.zeros((B, K, H, W), dtype=dt)
+        yflat = y.reshape(-1)
+        self.chunks = [] if self.need_grad else None
         for k in range(K):
             for a in range(0, B, step):
                 b = min(B, a + step)
-                val = self._sample(xp, k, a, b, saved)[-1]
-                xp.multiply(val, intensity[a:b, k, None, None], out=y[a:b, k])
-        self.saved = saved
+                pos, w, idx = self._footprint(xp, k, a, b)
+                # which canvas of the chunk each inside pixel belongs to (positions are sorted)
+                bounds = xp.searchsorted(pos, xp.arange(b - a + 1) * N)
+                counts = xp.diff(bounds)
+                canvas = xp.repeat(xp.arange(b - a), counts)
+                pix = pos - canvas * N
+                gpos = (canvas + a) * (K * N) + k * N + pix      # flat position in y
+                val = xp.empty(pos.size, dtype=dt)
+                self._gather(xp, k, idx, w, False, val)
+                val *= xp.repeat(intensity[a:b, k], counts)
+                xp.put(yflat, gpos, val)
+                if self.chunks is not None:
+                    self.chunks.append((k, a, b, gpos, pix, bounds, w, idx))
         return y
-
-    def __call__(self, *inputs):
-        # keep per-pixel state only when a backward can follow
-        self.need_grad = grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-        return super().__call__(*inputs)
 
     # -- backward ----------------------------------------------------------------
     def backward(self, xp, gy):
         B, K, T0, T1, R = self.dims
-        C = self.C
-        H, W = self.size
-        N = H * W
-        dt = self.dt
-        gy = gy.astype(dt, copy=False)
+        C, N, dt = self.C, self.N, self.dt
         need_t, need_m, need_i = (t.requires_grad for t in self.inputs)
-        # d(u, v)/dM: u = T0 (M00 p0 + M01 p1 + M02) + const, so the matrix gradient is
-        # d loss/du times the pixel coordinates (p0, p1, 1): one small matrix product
-        pts = xp.empty((N, 3), dtype=dt)
-        pts[:, 0] = xp.repeat(self.p0, W)
-        pts[:, 1] = xp.tile(self.p1, H)
-        pts[:, 2] = 1.0
-        sv = self.saved
+        gyflat = xp.ascontiguousarray(gy, dtype=dt).reshape(-1)
         g_m = xp.zeros((B, K, 3, 3), dtype=dt) if need_m else None
-        g_int = None
-        if need_i:   # Σ_pixels gy * val for every canvas: a batch of dot products
-            g_int = xp.matmul(gy.reshape(B, K, 1, N),
-                              sv["val"].reshape(K, B, N, 1).transpose(1, 0, 2, 3)).reshape(B, K)
+        g_int = xp.zeros((B, K), dtype=dt) if need_i else None
         g_tab = xp.zeros((K, 4, R * C), dtype=dt) if need_t else None
-        if need_t:   # per template: the scatter weights of all B canvases (large scatters are fastest)
-            wk = _buffer(xp, "scatter_w", (4, B, N), dt)
-        step = self.step
-        for k in range(K):
-            for a in range(0, B, step):
-                b = min(B, a + step)
-                g = xp.multiply(gy[a:b, k].reshape(b - a, N), self.intensity[a:b, k, None],
-                                out=wk[0, a:b] if need_t else None)
+        scale = xp.asarray([T0, T1], dtype=dt)[:, None]
+        if need_t:   # per template: the scatter weights and cells of all its chunks (large scatters are fastest)
+            wk = _buffer(xp, "scatter_w", (4, B * N), dt)
+            ik = _buffer(xp, "scatter_i", (B * N,), xp.intp)
+            fill = 0
+        full = self.step * N
+        for j, (k, a, b, gpos, pix, bounds, w, idx) in enumerate(self.chunks):
+            n = gpos.size
+            counts = xp.diff(bounds)
+            gin = xp.take(gyflat, gpos)                       # d loss / d y at the inside pixels
+            g = gin * xp.repeat(self.intensity[a:b, k], counts)   # ... / d unscaled value
+            val = _buffer(xp, "val", (full,), dt)[:n] if need_i else None
+            duv = self._gather(xp, k, idx, w, need_m, val)
+            if need_m or need_i:
+                # per-canvas sums as one segmented reduction over the (sorted) inside pixels:
+                # rows 0-5: d loss/d(u, v) times (p0, p1, 1), i.e. the matrix gradient, because
+                # u = T0 (M00 p0 + M01 p1 + M02) + const; row 6: Σ gy · value (intensity)
+                X = _buffer(xp, "sums", (7, full + 1), dt)[:, :n + 1]
+                X[:, n] = 0                                   # empty trailing canvases point here
                 if need_m:
-                    gwu = _buffer(xp, "gwu", (step, N), dt)[:b - a]
-                    xp.multiply(sv["du"][k, a:b].reshape(b - a, N), g, out=gwu)
-                    g_m[a:b, k, 0] = T0 * (gwu @ pts)
-                    xp.multiply(sv["dv"][k, a:b].reshape(b - a, N), g, out=gwu)
-                    g_m[a:b, k, 1] = T1 * (gwu @ pts)
-                if need_t:
-                    wu, wv = sv["wu"][k, a:b].reshape(b - a, N), sv["wv"][k, a:b].reshape(b - a, N)
-                    xp.multiply(g, wv, out=wk[1, a:b])
-                    g2 = xp.multiply(g, wu, out=wk[2, a:b])
-                    xp.multiply(g2, wv, out=wk[3, a:b])
+                    duv *= g
+                    for r, d in enumerate(duv):
+                        xp.take(self.basis[0], pix, out=X[3 * r, :n])
+                        X[3 * r, :n] *= d
+                        xp.take(self.basis[1], pix, out=X[3 * r + 1, :n])
+                        X[3 * r + 1, :n] *= d
+                        X[3 * r + 2, :n] = d
+                else:
+                    X[:6] = 0
+                if need_i:
+                    xp.multiply(val, gin, out=X[6, :n])
+                else:
+                    X[6] = 0
+                S = xp.add.reduceat(X, bounds[:-1], axis=1) if n else xp.zeros((7, b - a), dtype=dt)
+                S[:, counts == 0] = 0                         # reduceat's rule for empty segments
+                if need_m:
+                    g_m[a:b, k, :2] = scale * S[:6].reshape(2, 3, b - a).transpose(2, 0, 1)
+                if need_i:
+                    g_int[a:b, k] = S[6]
             if need_t:
-                ik = sv["idx"][k].reshape(-1)
-                for j in range(4):
-                    _scatter_add(xp, g_tab[k, j], ik, wk[j].reshape(-1))
+                wu, wv = w
+                e = fill + n
+                wk[0, fill:e] = g
+                xp.multiply(g, wv, out=wk[1, fill:e])
+                g2 = xp.multiply(g, wu, out=wk[2, fill:e])
+                xp.multiply(g2, wv, out=wk[3, fill:e])
+                ik[fill:e] = idx
+                fill = e
+                last = j + 1 == len(self.chunks) or self.chunks[j + 1][0] != k
+                if last:
+                    for c in range(4):
+                        _scatter_add(xp, g_tab[k, c], ik[:fill], wk[c, :fill])
+                    fill = 0
 
         g_t = None
         if need_t:   # cell-polynomial gradients -> template pixel gradients
