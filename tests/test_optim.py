@@ -223,3 +223,27 @@ def test_make_optimizer():
     assert make_optimizer("conservative", [w]).get_params()["init_factor"] == 100.0
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lbfgs", [w])
+
+
+def test_fast_rule_counts_match_the_per_element_winners():
+    from lab.optim.conservative import _factor, _rule_counts
+    rng = np.random.default_rng(5)
+    alphas = (0.3, 0.5, 0.01, 0.2)
+    g = rng.standard_normal(4000) * rng.choice([1e-3, 1.0, 30.0], 4000)
+    g[::17] = 0.0
+    ghat2 = g * g * 10 ** rng.uniform(-5, 2, 4000)  # the pure function allows ghat2 < g^2
+    ghat2[::23] = (alphas[3] / alphas[2]) ** 2  # exact 3/4 ties (rule 3 must win them)
+    ghat2[::17] = 0.0
+    delta, winner = conservative_step(g, ghat2, alphas)
+    f, q3 = _factor(ghat2, alphas)
+    counts = _rule_counts(g, f, q3, alphas)
+    np.testing.assert_array_equal(counts, np.bincount(winner, minlength=5))
+    assert np.all(counts[:4] > 0)
+    # brute force: four proposals, smallest magnitude, first of ties
+    props = np.stack([np.full_like(g, alphas[0]), alphas[1] * np.abs(g),
+                      alphas[2] * np.abs(g) / np.sqrt(np.where(ghat2 > 0, ghat2, 1)),
+                      alphas[3] * np.abs(g) / np.where(ghat2 > 0, ghat2, 1)])
+    nz = g != 0
+    np.testing.assert_allclose(delta[nz], np.sign(g[nz]) * props.min(axis=0)[nz], rtol=1e-6)
+    clear = nz & (np.sort(props, axis=0)[1] > props.min(axis=0) * (1 + 1e-9))
+    np.testing.assert_array_equal(winner[clear], props.argmin(axis=0)[clear])

@@ -73,6 +73,8 @@ class Optimizer:
         self.step_scale = 1.0
         self.state: dict[str, dict[str, Any]] = {name: {} for name in self.params}
         self._last_counts: dict[str, np.ndarray] = {}
+        #: The step whose rule counts ``last_rule_fractions`` reports (None: none yet).
+        self.rules_step: int | None = None
 
     # -- hyperparameters ----------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -130,8 +132,7 @@ class Optimizer:
             xp = get_array_module(counts[names[0]])
             stacked = to_numpy(xp.stack([counts[n] for n in names]))
             self._last_counts = {n: stacked[i].astype(np.int64) for i, n in enumerate(names)}
-        else:
-            self._last_counts = {}
+            self.rules_step = self.step_count
 
     def _init_slots(self, data) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -144,7 +145,8 @@ class Optimizer:
 
     @property
     def last_rule_fractions(self) -> dict[str, float]:
-        """Fraction of parameter elements each rule decided in the last step ({} if no rules)."""
+        """Fraction of parameter elements each rule decided in the last counted step
+        (``rules_step``; {} for optimizers without rules or before the first count)."""
         return self.rule_fractions()
 
     def rule_fractions(self, by=None) -> dict:

@@ -41,6 +41,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from lab.backend import get_array_module
 from lab.optim.base import Optimizer
 
@@ -63,26 +65,57 @@ DEFAULT_GAMMAS: tuple[float, ...] = (1.0, math.exp(3.0), math.exp(6.0))
 RULE_NAMES = ("rule1", "rule2", "rule3", "rule4", "zero_grad")
 
 
+def _factor(ghat2, alphas):
+    """``f = min(alpha2, alpha3/sqrt(ghat2), alpha4/ghat2)`` and the rule-3 factor.
+
+    Every proposal is ``g`` times a positive factor except rule 1, so the most
+    conservative step is ``clip(g * f, -alpha1, alpha1)``: a few passes over the
+    parameter instead of four proposal arrays. ``ghat2 == 0`` (only where ``g == 0``)
+    gives infinite factors, hence ``f = alpha2`` and a zero step.
+    """
+    xp = get_array_module(ghat2)
+    _, a2, a3, a4 = alphas
+    with np.errstate(divide="ignore"):
+        q3 = a3 / xp.sqrt(ghat2)
+        f = a4 / ghat2
+    xp.minimum(f, q3, out=f)
+    xp.minimum(f, a2, out=f)
+    return f, q3
+
+
 def conservative_step(g, ghat2, alphas: Sequence[float]):
     """The step ``delta`` (to subtract) and the winning rule per element (0..3, 4 = g==0).
 
     ``ghat2`` must be >= 0 and > 0 wherever ``g != 0`` (as it is when the averages were
-    updated with ``g`` first). Pure function: the optimizer and the tests share it.
+    updated with ``g`` first). Ties go to the lower-numbered rule. The optimizer uses
+    the same ``_factor``; this function adds the per-element winner for tests and views.
     """
     xp = get_array_module(g, ghat2)
-    a1, a2, a3, a4 = (float(a) for a in alphas)
-    mag_g = xp.abs(g)
-    nonzero = mag_g > 0
-    v = xp.where(ghat2 > 0, ghat2, 1)  # only g == 0 elements can have ghat2 == 0
-    # Proposals in magnitude; all carry sign(g), so the most conservative is the smallest.
-    mag = xp.where(nonzero, a1, 0).astype(g.dtype, copy=False)
-    winner = xp.zeros(g.shape, dtype=xp.int8)
-    for rule, proposal in ((1, a2 * mag_g), (2, a3 * mag_g / xp.sqrt(v)), (3, a4 * mag_g / v)):
-        better = proposal < mag
-        mag = xp.where(better, proposal, mag)
-        winner = xp.where(better, xp.int8(rule), winner)
-    winner = xp.where(nonzero, winner, xp.int8(4))
-    return xp.sign(g) * mag, winner
+    alphas = tuple(float(a) for a in alphas)
+    f, q3 = _factor(ghat2, alphas)
+    delta = xp.clip(g * f, -alphas[0], alphas[0])
+    winner = xp.full(g.shape, 3, dtype=xp.int8)
+    winner[f == q3] = 2
+    winner[f == alphas[1]] = 1
+    winner[xp.abs(g) * f >= alphas[0]] = 0
+    winner[g == 0] = 4
+    return delta, winner
+
+
+def _rule_counts(g, f, q3, alphas):
+    """Counts of elements per winner (rule1..rule4, zero_grad) as a small device array,
+    with the tie order of ``conservative_step``."""
+    xp = get_array_module(g)
+    a1, a2 = alphas[0], alphas[1]
+    n = g.size
+    zero = xp.count_nonzero(g == 0)
+    capped = xp.abs(g) * f >= a1               # rule 1 (never true where g == 0)
+    n1 = xp.count_nonzero(capped)
+    is2 = f == a2                              # includes every g == 0 element
+    n2 = xp.count_nonzero(is2 & ~capped) - zero
+    n3 = xp.count_nonzero((f == q3) & ~is2 & ~capped)
+    n4 = n - n1 - n2 - n3 - zero
+    return xp.stack([xp.asarray(c) for c in (n1, n2, n3, n4, zero)])
 
 
 class ConservativeOptimizer(Optimizer):
@@ -99,9 +132,10 @@ class ConservativeOptimizer(Optimizer):
     init_factor : the multiplier of the relative start.
     overrides : fnmatch pattern on parameter names -> {"alphas": ..., "init_sq": ...,
         "init_factor": ...}; the first matching pattern wins.
-    record_rules : count which rule won (fig 2.13); costs one small transfer per step.
+    record_every : count which rule won (fig 2.13) every this many steps (0: never);
+        counting costs a few passes over the parameters and one small transfer.
 
-    After ``step()``, ``last_rule_fractions`` gives ``{"rule1".."rule4", "zero_grad"}``
+    After a counted ``step()``, ``last_rule_fractions`` gives ``{"rule1".."rule4", "zero_grad"}``
     fractions of all updated parameter elements; ``rule_fractions(by="group")`` or
     ``by="param"`` splits them by parameter group.
     """
@@ -114,7 +148,7 @@ class ConservativeOptimizer(Optimizer):
                  gammas: Sequence[float] = DEFAULT_GAMMAS, init_sq: float | None = None,
                  init_factor: float = 100.0,
                  overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                 record_rules: bool = True):
+                 record_every: int = 1):
         self.alphas = _check_alphas(alphas)
         self.gammas = tuple(float(g) for g in gammas)
         if not self.gammas or any(g < 1 for g in self.gammas):
@@ -123,7 +157,7 @@ class ConservativeOptimizer(Optimizer):
             raise ValueError(f"at most {len(self._array_slots)} averages")
         self.init_sq = None if init_sq is None else float(init_sq)
         self.init_factor = float(init_factor)
-        self.record_rules = bool(record_rules)
+        self.record_every = int(record_every)
         super().__init__(params, overrides)
         for over in self.overrides.values():
             if "alphas" in over:
@@ -159,13 +193,18 @@ class ConservativeOptimizer(Optimizer):
                 avg[...] = g2
             else:
                 avg *= 1.0 - 1.0 / gamma
-                avg += g2 / gamma
-            ghat2 = avg if ghat2 is None else xp.maximum(ghat2, avg)
-        alphas = [a * self.step_scale for a in hyper["alphas"]]
-        delta, winner = conservative_step(g, ghat2, alphas)
+                avg += g2 * (1.0 / gamma)
+            if ghat2 is None:
+                ghat2 = avg.copy()
+            else:
+                xp.maximum(ghat2, avg, out=ghat2)
+        alphas = tuple(a * self.step_scale for a in hyper["alphas"])
+        f, q3 = _factor(ghat2, alphas)
+        delta = g * f
+        xp.clip(delta, -alphas[0], alphas[0], out=delta)
         data -= delta.astype(data.dtype, copy=False)
-        if self.record_rules:
-            return xp.bincount(winner.ravel().astype(xp.int32), minlength=len(RULE_NAMES))
+        if self.record_every and self.step_count % self.record_every == 0:
+            return _rule_counts(g, f, q3, alphas)
         return None
 
     def _scalars(self) -> dict[str, Any]:
