@@ -173,18 +173,28 @@ def main(argv=None):
     agree = agreement(make_problem(min(B, 50), K, T, H, seed=1), torch)
     check_agreement(agree)
 
+    torch_threads = torch.get_num_threads()
+
+    def torch_1thread(p):
+        torch.set_num_threads(1)
+        try:
+            torch_step(p, torch)
+        finally:
+            torch.set_num_threads(torch_threads)
+
+    # ours (numpy, one thread), torch with its default threads (the peer), and torch with
+    # one thread (informative: on a busy machine its threads compete with other jobs)
+    sides = {"ours": ours_step, "torch": lambda p: torch_step(p, torch), "torch_1thread": torch_1thread}
     load_before = os.getloadavg()
     for _ in range(warmup):
-        ours_step(p)
-        torch_step(p, torch)
-    times = {"ours": [], "torch": []}
-    for _ in range(repeats):        # alternate, so that both see the same machine load
-        t = time.perf_counter()
-        ours_step(p)
-        times["ours"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        torch_step(p, torch)
-        times["torch"].append(time.perf_counter() - t)
+        for fn in sides.values():
+            fn(p)
+    times = {k: [] for k in sides}
+    for _ in range(repeats):        # alternate, so that all see the same machine load
+        for k, fn in sides.items():
+            t = time.perf_counter()
+            fn(p)
+            times[k].append(time.perf_counter() - t)
     load_after = os.getloadavg()
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -202,11 +212,13 @@ def main(argv=None):
         "all_s": times,
         "images_per_s": {k: B / v for k, v in med.items()},
         "speedup_vs_torch": med["torch"] / med["ours"],
+        "speedup_vs_torch_1thread": med["torch_1thread"] / med["ours"],
         "agreement": agree,
         "machine": {
             "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "numpy_blas": blas_threads(),
+            "torch_threads": torch_threads, "numpy_blas": blas_threads(),
+            "ours_threads": "1 (numpy; the render op calls no threaded BLAS)",
             "loadavg_before": load_before, "loadavg_after": load_after,
         },
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -215,9 +227,10 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"ours  {med['ours'] * 1e3:7.1f} ms  ({B / med['ours']:7.0f} images/s)")
-    print(f"torch {med['torch'] * 1e3:7.1f} ms  ({B / med['torch']:7.0f} images/s)  "
-          f"threads={torch.get_num_threads()}")
-    print(f"speedup vs torch: {result['speedup_vs_torch']:.2f}x   load {load_before} -> {load_after}")
+    print(f"torch {med['torch'] * 1e3:7.1f} ms  ({B / med['torch']:7.0f} images/s)  threads={torch_threads}")
+    print(f"torch {med['torch_1thread'] * 1e3:7.1f} ms  ({B / med['torch_1thread']:7.0f} images/s)  threads=1")
+    print(f"speedup vs torch: {result['speedup_vs_torch']:.2f}x (vs 1 thread {result['speedup_vs_torch_1thread']:.2f}x)"
+          f"   load {tuple(round(x, 2) for x in load_before)} -> {tuple(round(x, 2) for x in load_after)}")
     print(f"wrote {out}")
     return result
 

@@ -63,6 +63,36 @@ def test_render_gradcheck_through_the_whole_decoder_chain():
                      atol=1e-6, rtol=1e-4)
 
 
+def test_render_gradcheck_with_empty_canvases_and_many_chunks(monkeypatch):
+    """Canvases whose template lies wholly off-canvas (empty footprints) between others,
+    and chunks much smaller than the batch: the per-canvas sums must stay aligned."""
+    from lab.graphics import acr
+    monkeypatch.setattr(acr, "CHUNK_PIXELS", 2 * 36)           # two 6x6 canvases per chunk
+    rng = np.random.default_rng(11)
+    nice = _poses(rng, 7, 2)
+    nice[1, :, 0] = 3.0                                          # canvas 1: both templates far off
+    nice[4, 0, 1] = -4.0
+    nice[5, 1, 0] = 2.5
+    nice[6, :, 0] = 3.0                                          # empty trailing canvases
+    t, m, i = rng.standard_normal((2, 4, 5)), g.nice_to_matrix(nice).data, rng.uniform(0.3, 1.5, (7, 2))
+    y = g.render_templates(t, m, i, 6).data
+    assert np.all(y[1] == 0) and np.all(y[4, 0] == 0) and np.all(y[6] == 0) and np.abs(y[2]).sum() > 0
+    np.testing.assert_allclose(y, _reference_render(t, m, i, (6, 6)), atol=1e-12)
+    assert gradcheck(lambda a, b, c: g.render_templates(a, b, c, 6), [t, m, i], n_directions=4)
+
+
+def test_render_without_gradients_keeps_no_state():
+    rng = np.random.default_rng(12)
+    t = Tensor(rng.uniform(0, 1, (2, 5, 5)), requires_grad=True)
+    m = g.nice_to_matrix(_poses(rng, 3, 2)).data
+    with ad.no_grad():
+        y = g.render_templates(t, m, np.ones((3, 2)), 8)
+    assert y.creator is None
+    y2 = g.render_templates(t, m, np.ones((3, 2)), 8)
+    np.testing.assert_array_equal(y.data, y2.data)
+    assert y2.creator.chunks
+
+
 def test_float32_gradients_agree_with_float64():
     rng = np.random.default_rng(5)
     t = rng.uniform(0, 1, (4, 11, 11))

@@ -12,8 +12,8 @@ hand-written backward, vectorized over all ``B * K`` canvases, in chunks of canv
 of one template (so that work arrays stay in cache):
 
 footprint
-    the template coordinates ``(u, v)`` of every output pixel are one small matrix
-    product ``[T M00, T M01, T M02 - 0.5] @ [p0; p1; 1]``. A template is zero outside
+    the template coordinates ``(u, v)`` of every output pixel are one small product
+    ``[T M00, T M01, T M02 - 0.5] @ [p0; p1; 1]``. A template is zero outside
     ``-1 < u < T0, -1 < v < T1``, so only the pixels inside this footprint (found
     with a mask, kept as flat positions) are computed at all: a learned capsule
     covers a fraction of the canvas (thesis fig. 2.14), and value and gradient are
@@ -119,7 +119,8 @@ class RenderTemplates(Function):
         inside = _buffer(xp, "inside", (2, full), bool)[:, :n]
         upper = _buffer(xp, "upper", (2, full), bool)[:, :n]
         # shifted template pixel coordinates: [T M00, T M01, T M02 - 0.5 + PAD] @ [p0; p1; 1]
-        xp.matmul(self.coef[k, :, a:b], self.basis, out=uv.reshape(2, b - a, self.N))
+        # (einsum's own loop, not BLAS: a threaded BLAS on a busy machine is 100x slower here)
+        xp.einsum("rcj,jn->rcn", self.coef[k, :, a:b], self.basis, out=uv.reshape(2, b - a, self.N))
         # inside: -1 < u < T0 and -1 < v < T1 (outside, value and slopes are exactly 0)
         xp.greater(uv, _PAD - 1, out=inside)
         xp.less(uv, self.uvmax, out=upper)

@@ -32,31 +32,50 @@ SEMI_SOFT_SHARPNESS = 100.0
 
 
 class MaxSemiSoft(Function):
-    """log(mean_k exp(β a_k)) / β over one axis, stable and exactly 0 at a = 0."""
+    """log(mean_k exp(β a_k)) / β over one axis, stable and exactly 0 at a = 0.
+
+    Computed in chunks of the leading axis so that the work arrays stay in cache; the
+    softmax weights (the whole backward) are kept.
+    """
 
     label = "maxSemiSoft"
+
+    #: Elements per chunk of the leading axis.
+    CHUNK = 1 << 16
 
     def __init__(self, axis, sharpness):
         self.axis, self.beta = axis, float(sharpness)
 
     def forward(self, xp, a):
-        ax = self.axis % a.ndim
-        self.ax = ax
-        m = a.max(axis=ax, keepdims=True)
-        e = a - m
-        e *= self.beta
-        xp.exp(e, out=e)                      # every entry in (0, 1], the max is exactly 1
-        s = e.sum(axis=ax, keepdims=True)
-        e /= s                                # softmax weights: the gradient
-        self.weights = e
-        # log(s / K) is exactly log(1) = 0 when every a_k equals the max
-        y = xp.log(s / a.shape[ax])
-        y /= self.beta
-        y += m
-        return xp.squeeze(y, axis=ax)
+        ax = self.ax = self.axis % a.ndim
+        # view as (outer, K, inner) with the reduced axis in the middle
+        outer = int(np.prod(a.shape[:ax], dtype=np.int64))
+        K = a.shape[ax]
+        inner = int(np.prod(a.shape[ax + 1:], dtype=np.int64))
+        a3 = a.reshape(outer, K, inner)
+        weights = xp.empty_like(a3)
+        y = xp.empty((outer, inner), dtype=a.dtype)
+        step = max(1, self.CHUNK // max(1, K * inner))
+        for i in range(0, outer, step):
+            j = min(outer, i + step)
+            x, w, out = a3[i:j], weights[i:j], y[i:j]
+            m = x.max(axis=1)
+            xp.subtract(x, m[:, None], out=w)
+            w *= self.beta
+            xp.exp(w, out=w)                      # every entry in (0, 1], the max is exactly 1
+            s = w.sum(axis=1)
+            w /= s[:, None]                       # softmax weights: the gradient
+            s /= K                                # log(s / K) is exactly 0 when all a_k are equal
+            xp.log(s, out=out)
+            out /= self.beta
+            out += m
+        self.weights = weights
+        return y.reshape(a.shape[:ax] + a.shape[ax + 1:])
 
     def backward(self, xp, gy):
-        return (self.weights * xp.expand_dims(gy, self.ax),)
+        w = self.weights
+        g = gy.reshape(w.shape[0], 1, w.shape[2])
+        return ((w * g).reshape(self.inputs[0].shape),)
 
 
 def _semi_cases(rng):
