@@ -8,7 +8,7 @@ import lab.autodiff as ad
 import lab.graphics as g
 from lab.autodiff import Tensor, gradcheck
 
-GRAPHICS_OPS = ["nice_to_matrix", "igeo_nice_to_igeo", "render_templates", "compose",
+GRAPHICS_OPS = ["nice_to_matrix", "igeo_nice_to_igeo", "determinant", "render_templates", "compose",
                 "max_semi_soft", "output_model"]
 
 
@@ -132,6 +132,7 @@ def test_ntm_identity_determinant_and_template_centre():
     nice = np.array([0.1, -0.2, 1.7, 0.6, 0.3, 0.4])
     m = g.nice_to_matrix(nice).data
     assert np.linalg.det(m) == pytest.approx(1.7 * 0.6)          # det = s0 s1
+    assert g.determinant(m).data == pytest.approx(1.7 * 0.6)
     centre = np.linalg.solve(m, [0.5, 0.5, 1.0])                  # world point seeing the template centre
     np.testing.assert_allclose(centre[:2], [0.5 - 0.1, 0.5 + 0.2])
     assert g.FILL_DETERMINANT == 1.0

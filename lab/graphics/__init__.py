@@ -18,9 +18,9 @@ See ``lab.graphics.frames`` for the coordinate conventions.
 from lab.graphics.acr import render_templates
 from lab.graphics.frames import FILL_DETERMINANT, canvas_points, pixel_centres
 from lab.graphics.migp import compose
-from lab.graphics.ntm import IDENTITY_NICE, igeo_nice_to_igeo, nice_to_matrix
+from lab.graphics.ntm import IDENTITY_NICE, determinant, igeo_nice_to_igeo, nice_to_matrix
 from lab.graphics.om import OUTPUT_MODELS, SEMI_SOFT_SHARPNESS, max_semi_soft, output_model
 
 __all__ = ["FILL_DETERMINANT", "IDENTITY_NICE", "OUTPUT_MODELS", "SEMI_SOFT_SHARPNESS",
-           "canvas_points", "compose", "igeo_nice_to_igeo", "max_semi_soft", "nice_to_matrix",
+           "canvas_points", "compose", "determinant", "igeo_nice_to_igeo", "max_semi_soft", "nice_to_matrix",
            "output_model", "pixel_centres", "render_templates"]

@@ -161,6 +161,10 @@ class RenderTemplates(Function):
 
     # -- forward -----------------------------------------------------------------
     def forward(self, xp, templates, m, intensity):
+        if xp is not np:   # pragma: no cover - needs a GPU
+            raise NotImplementedError(
+                "render_templates on CuPy arrays needs forward_gpu/backward_gpu kernels (the GPU issue); "
+                "this numpy path relies on numpy-only tricks (opaque-item gathers, ufunc.at)")
         self._check(xp, templates, m, intensity)
         dt = self.dt = np.result_type(templates.dtype, m.dtype, intensity.dtype)
         templates, m, intensity = (a.astype(dt, copy=False) for a in (templates, m, intensity))

@@ -134,3 +134,21 @@ def igeo_nice_to_igeo(nice7) -> tuple[Tensor, Tensor]:
         raise ValueError(f"igeo_nice_to_igeo: nice7 must have shape (..., 7) = "
                          f"(t0, t1, s0, s1, z, theta, intensity), got {tuple(shape)}")
     return nice_to_matrix(getitem(nice7, (Ellipsis, slice(0, 6)))), getitem(nice7, (Ellipsis, 6))
+
+
+def _det_cases(rng):
+    m = rng.standard_normal((4, 3, 3))
+    return [(lambda x: determinant(x), [m]), (lambda x: determinant(x), [rng.standard_normal((2, 3, 3, 3))])]
+
+
+@register_op("determinant", _det_cases)
+def determinant(matrix) -> Tensor:
+    """det of the linear (2x2) part of ``(..., 3, 3)`` matrices -> ``(...)``.
+
+    For a world -> template matrix from ``nice_to_matrix`` this is ``s0 * s1``; it is
+    ``FILL_DETERMINANT`` (1) when the template is exactly as large as the output, the
+    threshold of the thesis's determinant penalty α max(0, s - det)² (2.4).
+    """
+    a, b = getitem(matrix, (Ellipsis, 0, 0)), getitem(matrix, (Ellipsis, 0, 1))
+    c, d = getitem(matrix, (Ellipsis, 1, 0)), getitem(matrix, (Ellipsis, 1, 1))
+    return a * d - b * c
