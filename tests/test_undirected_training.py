@@ -288,3 +288,27 @@ def test_classification_partial_fit():
     assert clf.n_updates_ == 2
     with pytest.raises(ValueError, match="not in classes_"):
         clf.partial_fit(X, y + 5)
+
+
+@pytest.mark.parametrize("algorithm", ["cd", "mfcd", "pcd", "fpcd"])
+def test_worker_threads_match_single_thread(algorithm):
+    # the layer-parallel update draws the same random numbers in the same order
+    X = toy_data(200, n_visible=13)
+    kw = dict(n_hidden=9, algorithm=algorithm, learning_rate=0.1, n_updates=30, batch_size=20,
+              n_fantasy=20, cd_k=2, random_state=4)
+    one = BinaryRBM(n_jobs=1, **kw).fit(X)
+    two = BinaryRBM(n_jobs=2, **kw).fit(X)
+    np.testing.assert_allclose(one.components_, two.components_, atol=1e-5)
+    again = BinaryRBM(n_jobs=2, **kw).fit(X)
+    assert np.array_equal(two.components_, again.components_)
+
+
+def test_worker_threads_keep_the_softmax_group_whole():
+    X, which = toy_data(200, n_visible=7, n_protos=3, labels=True, seed=2)
+    kw = dict(n_hidden=6, algorithm="pcd", learning_rate=0.2, n_updates=40, batch_size=20,
+              n_fantasy=20, random_state=0)
+    one = ClassificationRBM(n_jobs=1, **kw).fit(X, which)
+    two = ClassificationRBM(n_jobs=2, **kw).fit(X, which)
+    assert two.n_jobs_ in (1, 2)
+    np.testing.assert_allclose(one.components_, two.components_, atol=1e-5)
+    assert np.all(two.fantasy_particles_[:, -3:].sum(axis=1) == 1)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lab.backend import DEFAULT_FLOAT
 from lab.undirected._base import sigmoid_
 
 ALGORITHMS = ("cd", "mfcd", "pl", "pcd", "fpcd")
@@ -36,13 +37,15 @@ PERSISTENT = ("pcd", "fpcd")
 
 @dataclass(frozen=True)
 class VisibleLayer:
-    """Binary visible units, the last ``n_softmax`` of which form one softmax group."""
+    """Binary visible units, the last ``n_softmax`` of which form one softmax group.
+
+    ``has_group=False`` marks a slice of the layer that does not hold the group."""
 
     n_softmax: int = 0
 
-    def mean_(self, pre, xp):
+    def mean_(self, pre, xp, has_group: bool = True):
         """Conditional means from pre-activations, in place."""
-        k = self.n_softmax
+        k = self.n_softmax if has_group else 0
         if k == 0:
             return sigmoid_(pre, xp)
         sigmoid_(pre[:, :-k], xp)
@@ -52,22 +55,29 @@ class VisibleLayer:
         lab /= lab.sum(axis=1, keepdims=True)
         return pre
 
-    def sample_(self, pre, stream, xp):
-        """A sample from the conditional distribution given pre-activations (overwrites ``pre``)."""
-        mean = self.mean_(pre, xp)
+    def uniforms(self, n: int, n_visible: int, stream, dtype):
+        """The random numbers one visible sample of ``n`` rows uses: one per binary unit,
+        one per row for the softmax group."""
         k = self.n_softmax
-        if k == 0:
-            return (stream.uniform(mean.shape, dtype=mean.dtype) < mean).astype(mean.dtype)
+        u = stream.uniform((n, n_visible - k), dtype=dtype)
+        return (u, stream.uniform((n, 1), dtype=dtype) if k else None)
+
+    def sample_(self, pre, u, xp, start: int = 0, has_group: bool = True):
+        """Sample the columns ``start..`` of the layer from their pre-activations ``pre``
+        (overwritten), with the uniforms ``u`` of :meth:`uniforms`."""
+        k = self.n_softmax if has_group else 0
+        mean = self.mean_(pre, xp, has_group)
+        u_bin, u_cat = u
+        nb = mean.shape[1] - k
         out = xp.empty_like(mean)
-        bin_part = mean[:, :-k]
-        out[:, :-k] = stream.uniform(bin_part.shape, dtype=mean.dtype) < bin_part
-        out[:, -k:] = sample_categorical(mean[:, -k:], stream, xp)
+        out[:, :nb] = u_bin[:, start:start + nb] < mean[:, :nb]
+        if k:
+            out[:, nb:] = categorical(mean[:, nb:], u_cat, xp)
         return out
 
 
-def sample_categorical(p, stream, xp):
-    """One-hot samples from the rows of ``p`` (n, k)."""
-    u = stream.uniform((p.shape[0], 1), dtype=p.dtype)
+def categorical(p, u, xp):
+    """One-hot samples from the rows of ``p`` (n, k) given one uniform per row."""
     idx = (xp.cumsum(p, axis=1) < u).sum(axis=1)
     idx = xp.minimum(idx, p.shape[1] - 1)
     out = xp.zeros_like(p)
@@ -92,52 +102,121 @@ def bernoulli(p, stream):
     return (stream.uniform(p.shape, dtype=p.dtype) < p).astype(p.dtype)
 
 
-def statistics_gradient(v_pos, h_pos, v_neg, h_neg, xp):
-    """Positive minus negative sufficient statistics, each averaged over its own batch."""
-    n_pos, n_neg = v_pos.shape[0], v_neg.shape[0]
-    gW = (h_pos * (1.0 / n_pos)).T @ v_pos
-    gW -= (h_neg * (1.0 / n_neg)).T @ v_neg
-    gb = v_pos.mean(axis=0) - v_neg.mean(axis=0)
-    gc = h_pos.mean(axis=0) - h_neg.mean(axis=0)
-    return gW, gb, gc
+class Phases:
+    """The layer-parallel steps of one update: hidden units are independent given the
+    visible layer and vice versa, so each step splits a layer between worker threads.
+    Random numbers are drawn beforehand in the calling thread, in a fixed order, so
+    results do not depend on the thread schedule."""
+
+    def __init__(self, runner, n_hidden: int, visible: VisibleLayer, n_visible: int, stream, xp):
+        self.runner, self.stream, self.xp = runner, stream, xp
+        self.visible = visible
+        self.n_hidden, self.n_visible = n_hidden, n_visible
+        n = runner.n_jobs
+        self.hidden_slices = _split(n_hidden, n)
+        self.visible_slices = _split(n_visible, n, keep_tail=visible.n_softmax)
+
+    def hidden(self, v, W, c, u=None):
+        """P(h | v) and, given uniforms ``u``, a sample: ``(probs, sample or None)``."""
+        xp = self.xp
+        probs = xp.empty((v.shape[0], self.n_hidden), dtype=v.dtype)
+        sample = None if u is None else xp.empty_like(probs)
+
+        def step(sl):
+            pre = v @ W[sl].T
+            pre += c[sl]
+            probs[:, sl] = sigmoid_(pre, xp)
+            if u is not None:
+                sample[:, sl] = u[:, sl] < probs[:, sl]
+
+        self.runner.run(step, self.hidden_slices)
+        return probs, sample
+
+    def visible_mean(self, h, W, b):
+        xp = self.xp
+        out = xp.empty((h.shape[0], self.n_visible), dtype=h.dtype)
+
+        def step(sl):
+            pre = h @ W[:, sl]
+            pre += b[sl]
+            out[:, sl] = self.visible.mean_(pre, xp, has_group=sl.stop == self.n_visible)
+
+        self.runner.run(step, self.visible_slices)
+        return out
+
+    def visible_sample(self, h, W, b):
+        xp = self.xp
+        u = self.visible.uniforms(h.shape[0], self.n_visible, self.stream, h.dtype)
+        out = xp.empty((h.shape[0], self.n_visible), dtype=h.dtype)
+
+        def step(sl):
+            pre = h @ W[:, sl]
+            pre += b[sl]
+            out[:, sl] = self.visible.sample_(pre, u, xp, sl.start, has_group=sl.stop == self.n_visible)
+
+        self.runner.run(step, self.visible_slices)
+        return out
+
+    def hidden_uniforms(self, n):
+        return self.stream.uniform((n, self.n_hidden), dtype=DEFAULT_FLOAT)
 
 
-def cd_gradient(v_pos, W, b, c, k, stream, visible: VisibleLayer, xp):
-    """CD-k: the negative data are k full Gibbs steps away from the training cases."""
-    h_pos = hidden_mean(v_pos, W, c, xp)
-    h = bernoulli(h_pos, stream)
+def _split(n, parts, keep_tail=0):
+    from lab.undirected.parallel import split  # noqa: PLC0415
+    return split(n, parts, keep_tail)
+
+
+def cd_statistics(ph: Phases, v_pos, W, b, c, k):
+    """CD-k: the negative data are k full Gibbs steps away from the training cases.
+    Returns ``(h_pos, v_neg, h_neg)``."""
+    h_pos, h = ph.hidden(v_pos, W, c, ph.hidden_uniforms(v_pos.shape[0]))
     for step in range(k):
-        v = visible.sample_(visible_pre(h, W, b), stream, xp)
-        h_neg = hidden_mean(v, W, c, xp)
-        if step < k - 1:
-            h = bernoulli(h_neg, stream)
-    return statistics_gradient(v_pos, h_pos, v, h_neg, xp)
+        v = ph.visible_sample(h, W, b)
+        last = step == k - 1
+        h_neg, h = ph.hidden(v, W, c, None if last else ph.hidden_uniforms(v.shape[0]))
+    return h_pos, v, h_neg
 
 
-def mfcd_gradient(v_pos, W, b, c, k, visible: VisibleLayer, xp):
+def mfcd_statistics(ph: Phases, v_pos, W, b, c, k):
     """Mean-field CD (Welling & Hinton 2002): deterministic, probabilities throughout."""
-    h_pos = hidden_mean(v_pos, W, c, xp)
+    h_pos, _ = ph.hidden(v_pos, W, c)
     h = h_pos
     for _ in range(k):
-        v = visible.mean_(visible_pre(h, W, b), xp)
-        h = hidden_mean(v, W, c, xp)
-    return statistics_gradient(v_pos, h_pos, v, h, xp)
+        v = ph.visible_mean(h, W, b)
+        h, _ = ph.hidden(v, W, c)
+    return h_pos, v, h
 
 
-def persistent_gradient(v_pos, particles, W, b, c, neg_params, stream, visible: VisibleLayer, xp):
-    """PCD / FPCD, steps 2-5 of the pseudocode in 3.2.4.
+def persistent_statistics(ph: Phases, v_pos, particles, W, c, neg_params):
+    """PCD / FPCD, steps 2-4 of the pseudocode in 3.2.4.
 
-    ``neg_params`` are the weights of the negative phase: ``(W, b, c)`` for PCD,
-    ``(W + W_fast, b + b_fast, c + c_fast)`` for FPCD. Returns the gradient and the
-    particles after one full Gibbs update.
+    ``neg_params = (Wn, bn, cn)`` are the weights of the negative phase: the slow weights
+    for PCD, slow + fast overlay for FPCD. Returns ``(h_pos, h_neg, new_particles)``;
+    the negative statistics use the particles *before* their Gibbs update.
     """
     Wn, bn, cn = neg_params
-    h_pos = hidden_mean(v_pos, W, c, xp)                     # step 2 (slow weights)
-    h_neg = hidden_mean(particles, Wn, cn, xp)               # step 3 (fast weights)
-    h_sample = bernoulli(h_neg, stream)                      # step 4: full Gibbs update
-    new_particles = visible.sample_(visible_pre(h_sample, Wn, bn), stream, xp)
-    grads = statistics_gradient(v_pos, h_pos, particles, h_neg, xp)   # step 5
-    return grads, new_particles
+    u_h = ph.hidden_uniforms(particles.shape[0])
+    h_pos, _ = ph.hidden(v_pos, W, c)                        # step 2 (slow weights)
+    h_neg, h_sample = ph.hidden(particles, Wn, cn, u_h)      # step 3 (fast weights)
+    new_particles = ph.visible_sample(h_sample, Wn, bn)      # step 4: full Gibbs update
+    return h_pos, h_neg, new_particles
+
+
+def statistics_gradient(v_pos, h_pos, v_neg, h_neg, xp):
+    """Positive minus negative sufficient statistics, each averaged over its own batch
+    (one matrix product: [h_pos/n, -h_neg/m]^T [v_pos; v_neg])."""
+    hcat, vcat = stacked_statistics(v_pos, h_pos, v_neg, h_neg, xp)
+    return hcat.T @ vcat, vcat_bias(v_pos, v_neg), h_pos.mean(axis=0) - h_neg.mean(axis=0)
+
+
+def stacked_statistics(v_pos, h_pos, v_neg, h_neg, xp):
+    hcat = xp.concatenate([h_pos * (1.0 / h_pos.shape[0]), h_neg * (-1.0 / h_neg.shape[0])])
+    vcat = xp.concatenate([v_pos, v_neg])
+    return hcat, vcat
+
+
+def vcat_bias(v_pos, v_neg):
+    return v_pos.mean(axis=0) - v_neg.mean(axis=0)
 
 
 def free_energy(v, W, b, c, xp):

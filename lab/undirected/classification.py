@@ -34,8 +34,8 @@ class ClassificationRBM(_RBMBase):
                  weight_decay: float = 0.0, momentum: float = 0.0,
                  n_updates: int | None = None, max_seconds: float | None = None,
                  learning_rate_schedule: str = "linear", binarize: bool = False,
-                 visible_bias_init: str = "zero", random_state=None, device: str | None = None,
-                 verbose: bool = False):
+                 visible_bias_init: str = "zero", n_jobs: int | None = None, random_state=None,
+                 device: str | None = None, verbose: bool = False):
         self.n_hidden = n_hidden
         self.algorithm = algorithm
         self.cd_k = cd_k
@@ -51,6 +51,7 @@ class ClassificationRBM(_RBMBase):
         self.learning_rate_schedule = learning_rate_schedule
         self.binarize = binarize
         self.visible_bias_init = visible_bias_init
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -143,7 +144,7 @@ class ClassificationRBM(_RBMBase):
             self._initialize(X.shape[1] + len(self.classes_),
                              data_mean=self._joint(X, y).mean(axis=0))
         start = time.perf_counter()
-        with self._lock:
+        with self._lock, self._cpu_context():
             v = self.backend_.asarray(X, dtype=DEFAULT_FLOAT)
             if self.binarize:
                 from lab.undirected.algorithms import bernoulli  # noqa: PLC0415

@@ -19,6 +19,7 @@ import numpy as np
 
 from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
 from lab.undirected import algorithms as alg
+from lab.undirected import parallel
 from lab.undirected._base import Estimator, LinearDecay, check_data, make_stream
 from lab.undirected.partition import rbm_free_energy, rbm_log_partition
 
@@ -72,6 +73,8 @@ class _RBMBase(Estimator):
         if self.learning_rate_schedule not in ("linear", "constant"):
             raise ValueError("learning_rate_schedule must be 'linear' or 'constant', "
                              f"got {self.learning_rate_schedule!r}")
+        if self.n_jobs is not None and (not isinstance(self.n_jobs, (int, np.integer)) or self.n_jobs < 1):
+            raise ValueError(f"n_jobs must be None or a positive integer, got {self.n_jobs!r}")
         if self.visible_bias_init not in ("zero", "data"):
             raise ValueError(f"visible_bias_init must be 'zero' or 'data', got {self.visible_bias_init!r}")
 
@@ -106,10 +109,30 @@ class _RBMBase(Estimator):
         self.n_updates_ = 0
         self.train_seconds_ = 0.0
         self.learning_rate_ = float(self.learning_rate)
+        self.n_jobs_ = self._resolve_n_jobs(n_visible)
+        self._phases = alg.Phases(parallel.Slices(self.n_jobs_), self.n_hidden, self._visible,
+                                  n_visible, self.random_stream_, xp)
         self._visible_sum = xp.zeros(n_visible, dtype=np.float64)
         self._n_seen = 0
         self._logz_cache: dict = {}
         self._lock = threading.RLock()
+
+    def _resolve_n_jobs(self, n_visible: int) -> int:
+        """Worker threads for the updates: one on the GPU, or when threads cannot pay off
+        (small models, or no ``threadpoolctl`` to keep BLAS single-threaded)."""
+        if self.backend_.name != "cpu":
+            return 1
+        if self.n_jobs is not None:
+            return int(self.n_jobs) if parallel.have_blas_control() else 1
+        big = self.n_hidden * n_visible >= 1 << 16
+        return min(2, parallel.cpu_count()) if (big and parallel.have_blas_control()) else 1
+
+    def _cpu_context(self):
+        """BLAS single-threaded during updates on the CPU (see ``parallel``)."""
+        if self.backend_.name == "cpu":
+            return parallel.blas_single_thread()
+        import contextlib  # noqa: PLC0415
+        return contextlib.nullcontext()
 
     def _log_odds(self, mean):
         xp = self._xp
@@ -162,51 +185,79 @@ class _RBMBase(Estimator):
         xp = self._xp
         lr = self.schedule_.rate(self.n_updates_, self.train_seconds_)
         W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
-        stream, visible = self.random_stream_, self._visible
+        ph = self._phases
         algorithm = self.algorithm
-        if algorithm == "cd":
-            grads = alg.cd_gradient(v_pos, W, b, c, self.cd_k, stream, visible, xp)
-        elif algorithm == "mfcd":
-            grads = alg.mfcd_gradient(v_pos, W, b, c, self.cd_k, visible, xp)
-        elif algorithm == "pl":
-            grads = alg.pl_gradient(v_pos, W, b, c, xp)
+        if algorithm == "pl":
+            gW, gb, gc = alg.pl_gradient(v_pos, W, b, c, xp)
+            self._apply_rows(slice(None), gW, lr)
+            self._apply_biases(gb, gc, lr)
         else:
-            if algorithm == "fpcd":
-                neg = (W + self.fast_components_, b + self.fast_intercept_visible_,
-                       c + self.fast_intercept_hidden_)
+            if algorithm == "cd":
+                h_pos, v_neg, h_neg = alg.cd_statistics(ph, v_pos, W, b, c, self.cd_k)
+            elif algorithm == "mfcd":
+                h_pos, v_neg, h_neg = alg.mfcd_statistics(ph, v_pos, W, b, c, self.cd_k)
             else:
-                neg = (W, b, c)
-            grads, particles = alg.persistent_gradient(v_pos, self.fantasy_particles_, W, b, c,
-                                                       neg, stream, visible, xp)
-            self.fantasy_particles_ = particles
-        self._apply(grads, lr)
+                if algorithm == "fpcd":
+                    neg = (W + self.fast_components_, b + self.fast_intercept_visible_,
+                           c + self.fast_intercept_hidden_)
+                else:
+                    neg = (W, b, c)
+                v_neg = self.fantasy_particles_
+                h_pos, h_neg, self.fantasy_particles_ = alg.persistent_statistics(
+                    ph, v_pos, v_neg, W, c, neg)
+            self._apply_statistics(v_pos, h_pos, v_neg, h_neg, lr)
         self._visible_sum += v_pos.sum(axis=0)
         self._n_seen += v_pos.shape[0]
         self.n_updates_ += 1
         self.learning_rate_ = lr
 
-    def _apply(self, grads, lr: float) -> None:
-        gW, gb, gc = grads
-        params = (self.components_, self.intercept_visible_, self.intercept_hidden_)
+    def _apply_statistics(self, v_pos, h_pos, v_neg, h_neg, lr: float) -> None:
+        """Step 5-7 of 3.2.4: g = positive - negative statistics, one matrix product per
+        slice of hidden units, applied to those rows of the weights in the same thread."""
+        xp = self._xp
+        hcat, vcat = alg.stacked_statistics(v_pos, h_pos, v_neg, h_neg, xp)
+
+        def rows(sl):
+            self._apply_rows(sl, hcat[:, sl].T @ vcat, lr)
+
+        self._phases.runner.run(rows, self._phases.hidden_slices)
+        self._apply_biases(alg.vcat_bias(v_pos, v_neg), h_pos.mean(axis=0) - h_neg.mean(axis=0), lr)
+
+    def _apply_rows(self, sl, G, lr: float) -> None:
+        """Update weight rows ``sl`` with the gradient estimate ``G`` (overwritten)."""
+        W = self.components_
         if self.algorithm == "fpcd":
             # step 7: theta_delta = lambda * theta_delta + g * fast learning rate
-            flr = self.effective_fast_learning_rate_
-            for fast, g in zip((self.fast_components_, self.fast_intercept_visible_,
-                                self.fast_intercept_hidden_), grads):
-                fast *= self.fast_decay
-                fast += flr * g
+            fast = self.fast_components_[sl]
+            fast *= self.fast_decay
+            fast += self.effective_fast_learning_rate_ * G
         if self.weight_decay:
-            gW = gW - self.weight_decay * self.components_      # on the slow weights only
+            G -= self.weight_decay * W[sl]                       # slow weights only
         # step 6: theta_slow += g * learning rate (with optional momentum)
         if self._velocity is not None:
-            for vel, p, g in zip(self._velocity, params, (gW, gb, gc)):
+            vel = self._velocity[0][sl]
+            vel *= self.momentum
+            vel += lr * G
+            W[sl] += vel
+        else:
+            G *= lr
+            W[sl] += G
+
+    def _apply_biases(self, gb, gc, lr: float) -> None:
+        if self.algorithm == "fpcd":
+            flr = self.effective_fast_learning_rate_
+            for fast, g in ((self.fast_intercept_visible_, gb), (self.fast_intercept_hidden_, gc)):
+                fast *= self.fast_decay
+                fast += flr * g
+        params = (self.intercept_visible_, self.intercept_hidden_)
+        if self._velocity is not None:
+            for vel, p, g in zip(self._velocity[1:], params, (gb, gc)):
                 vel *= self.momentum
                 vel += lr * g
                 p += vel
         else:
-            for p, g in zip(params, (gW, gb, gc)):
-                g *= lr
-                p += g
+            for p, g in zip(params, (gb, gc)):
+                p += lr * g
 
     # -- public training API ------------------------------------------------------
     def _fit_loop(self, X, labels=None) -> None:
@@ -230,6 +281,18 @@ class _RBMBase(Estimator):
             else:
                 bar = Progress(total_updates, f"{type(self).__name__}[{self.algorithm}]")
         try:
+            with self._cpu_context():
+                self._epochs(X_dev, labels, n, bs, n_batches, total_updates, schedule, start,
+                             base_seconds, bar)
+        finally:
+            self.train_seconds_ = base_seconds + time.perf_counter() - start
+            if bar is not None:
+                bar.close()
+
+    def _epochs(self, X_dev, labels, n, bs, n_batches, total_updates, schedule, start,
+                base_seconds, bar) -> None:
+        xp = self._xp
+        if True:
             while True:
                 order = self.random_stream_.permutation(n)
                 for k in range(n_batches):
@@ -251,10 +314,6 @@ class _RBMBase(Estimator):
                             bar.set(self.train_seconds_, lr=self.learning_rate_)
                         else:
                             bar.set(self.n_updates_, lr=self.learning_rate_)
-        finally:
-            self.train_seconds_ = base_seconds + time.perf_counter() - start
-            if bar is not None:
-                bar.close()
 
     def _with_labels(self, v, labels, idx):
         return v
@@ -277,6 +336,10 @@ class _RBMBase(Estimator):
     def _hidden_mean(self, v):
         return alg.hidden_mean(v, self.components_, self.intercept_hidden_, self._xp)
 
+    def _sample_visible(self, pre, stream):
+        u = self._visible.uniforms(pre.shape[0], pre.shape[1], stream, pre.dtype)
+        return self._visible.sample_(pre, u, self._xp)
+
     def gibbs(self, v):
         """One full Gibbs step ``v -> h -> v'`` (sampled states), as in sklearn."""
         self._check_is_fitted("components_")
@@ -284,8 +347,8 @@ class _RBMBase(Estimator):
         v = check_data(v, n_features=self.components_.shape[1], name="v")
         v = self.backend_.asarray(v, dtype=DEFAULT_FLOAT)
         h = alg.bernoulli(self._hidden_mean(v), self.random_stream_)
-        return self._visible.sample_(alg.visible_pre(h, self.components_, self.intercept_visible_),
-                                     self.random_stream_, xp)
+        return self._sample_visible(alg.visible_pre(h, self.components_, self.intercept_visible_),
+                                    self.random_stream_)
 
     def sample(self, n_samples: int = 100, n_steps: int = 1000, init=None, random_state=None,
                return_mean: bool = False):
@@ -301,7 +364,7 @@ class _RBMBase(Estimator):
         stream = self.random_stream_ if random_state is None else make_stream(random_state, self.backend_)
         W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
         if init is None:
-            v = self._visible.sample_(xp.tile(b, (n_samples, 1)), stream, xp)
+            v = self._sample_visible(xp.tile(b, (n_samples, 1)), stream)
         elif isinstance(init, str) and init == "fantasy":
             if self.fantasy_particles_ is None:
                 raise ValueError("init='fantasy' needs a persistent algorithm (pcd or fpcd)")
@@ -316,7 +379,7 @@ class _RBMBase(Estimator):
             pre = alg.visible_pre(h, W, b)
             if return_mean:
                 mean = self._visible.mean_(pre.copy(), xp)
-            v = self._visible.sample_(pre, stream, xp)
+            v = self._sample_visible(pre, stream)
         return mean if (return_mean and mean is not None) else v
 
 
@@ -345,6 +408,9 @@ class BinaryRBM(_RBMBase):
     binarize : treat ``X`` as probabilities in [0, 1] and sample a fresh binary version
         of every minibatch (stochastically binarized MNIST, 3.3.2).
     visible_bias_init : ``"zero"`` (sklearn) or ``"data"`` (log-odds of the data means).
+    n_jobs : CPU worker threads for an update (each layer is split between them, BLAS
+        runs single-threaded; see ``lab.undirected.parallel``). None: 2 for models with
+        at least 65,536 weights when ``threadpoolctl`` is installed, else 1.
     random_state : seed (int), None, or a ``lab.backend.RandomStream``.
     device : ``"cpu"``, ``"gpu"``, ``"auto"`` or None (``$LAB_DEVICE``).
     verbose : show a progress bar during ``fit``.
@@ -359,6 +425,7 @@ class BinaryRBM(_RBMBase):
     n_updates_, train_seconds_ : updates done and training seconds spent.
     learning_rate_ : the slow learning rate of the last update.
     random_stream_ : the RandomStream (its ``get_state()`` is JSON-able).
+    n_jobs_ : the worker threads actually used.
     """
 
     def __init__(self, n_hidden: int = 256, *, algorithm: str = "pcd", cd_k: int = 1,
@@ -367,8 +434,8 @@ class BinaryRBM(_RBMBase):
                  weight_decay: float = 0.0, momentum: float = 0.0,
                  n_updates: int | None = None, max_seconds: float | None = None,
                  learning_rate_schedule: str = "linear", binarize: bool = False,
-                 visible_bias_init: str = "zero", random_state=None, device: str | None = None,
-                 verbose: bool = False):
+                 visible_bias_init: str = "zero", n_jobs: int | None = None, random_state=None,
+                 device: str | None = None, verbose: bool = False):
         self.n_hidden = n_hidden
         self.algorithm = algorithm
         self.cd_k = cd_k
@@ -384,6 +451,7 @@ class BinaryRBM(_RBMBase):
         self.learning_rate_schedule = learning_rate_schedule
         self.binarize = binarize
         self.visible_bias_init = visible_bias_init
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -411,7 +479,7 @@ class BinaryRBM(_RBMBase):
         if not fitted:
             self._initialize(X.shape[1], data_mean=X.mean(axis=0))
         start = time.perf_counter()
-        with self._lock:
+        with self._lock, self._cpu_context():
             self._update(self._prepare_batch(X))
             self.train_seconds_ += time.perf_counter() - start
         return self
