@@ -232,3 +232,13 @@ def test_optimizer_state_through_a_checkpoint_resumes_identically(tmp_path):
         return w.data
 
     np.testing.assert_array_equal(run(30, resume_at=None), run(30, resume_at=15))
+
+
+@pytest.mark.gpu
+def test_cupy_arrays_are_saved_as_numpy(tmp_path):
+    cp = pytest.importorskip("cupy")
+    arrays, _ = load_checkpoint(save_checkpoint(tmp_path / "g.npz", {"w": cp.arange(5.0)}, {}))
+    assert isinstance(arrays["w"], np.ndarray)
+    np.testing.assert_array_equal(arrays["w"], np.arange(5.0))
+    with pytest.raises(NonFiniteError, match="'w'"):
+        save_checkpoint(tmp_path / "g.npz", {"w": cp.array([1.0, cp.nan])}, {})

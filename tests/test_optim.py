@@ -247,3 +247,26 @@ def test_fast_rule_counts_match_the_per_element_winners():
     np.testing.assert_allclose(delta[nz], np.sign(g[nz]) * props.min(axis=0)[nz], rtol=1e-6)
     clear = nz & (np.sort(props, axis=0)[1] > props.min(axis=0) * (1 + 1e-9))
     np.testing.assert_array_equal(winner[clear], props.argmin(axis=0)[clear])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["conservative", "adam", "sgd"])
+def test_cupy_steps_match_numpy(name):
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(9)
+    w0 = rng.standard_normal((30, 20)).astype(np.float32)
+    grads = [rng.standard_normal((30, 20)).astype(np.float32) for _ in range(5)]
+    results, fractions = [], []
+    for xp in (np, cp):
+        w = Tensor(xp.asarray(w0.copy()), requires_grad=True)
+        opt = make_optimizer(name, {"w": w})
+        for g in grads:
+            w.grad = xp.asarray(g)
+            opt.step()
+        results.append(cp.asnumpy(w.data) if xp is cp else w.data)
+        fractions.append(opt.last_rule_fractions)
+        sd = opt.state_dict()
+        assert all(isinstance(v, np.ndarray) for k, v in sd.items() if k.startswith("state/")
+                   and hasattr(v, "shape"))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+    assert fractions[0].keys() == fractions[1].keys()

@@ -227,6 +227,16 @@ def _sq_dists(X, X_sq, centers):
     return np.maximum(d, 0.0)
 
 
+def _cluster_sums(X, assign, counts):
+    """Per-cluster sums of rows: sort once, add contiguous runs (np.add.at is far slower)."""
+    sums = np.zeros((len(counts), X.shape[1]))
+    filled = np.flatnonzero(counts)
+    order = np.argsort(assign, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[filled]
+    sums[filled] = np.add.reduceat(X[order], starts, axis=0)
+    return sums
+
+
 def _kmeans_pp(X, X_sq, k, rng):
     n = len(X)
     centers = np.empty((k, X.shape[1]))
@@ -262,8 +272,7 @@ def kmeans(X, k: int = 10, n_init: int = 10, max_iter: int = 300, tol: float = 1
             d = _sq_dists(X, X_sq, centers)
             assign = d.argmin(axis=1)
             counts = np.bincount(assign, minlength=k)
-            sums = np.zeros_like(centers)
-            np.add.at(sums, assign, X)
+            sums = _cluster_sums(X, assign, counts)
             new = centers.copy()
             filled = counts > 0
             new[filled] = sums[filled] / counts[filled, None]
