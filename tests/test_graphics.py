@@ -81,6 +81,29 @@ def test_render_gradcheck_with_empty_canvases_and_many_chunks(monkeypatch):
     assert gradcheck(lambda a, b, c: g.render_templates(a, b, c, 6), [t, m, i], n_directions=4)
 
 
+def test_render_threads_give_identical_results():
+    from lab.graphics import acr
+    rng = np.random.default_rng(13)
+    t = rng.uniform(0, 1, (5, 11, 11)).astype(np.float32)
+    m = g.nice_to_matrix(_poses(rng, 30, 5)).data.astype(np.float32)
+    i = rng.uniform(0, 1, (30, 5)).astype(np.float32)
+    w = rng.standard_normal((30, 5, 28, 28)).astype(np.float32)
+    results = []
+    old = acr.RENDER_THREADS
+    try:
+        for threads in (1, 2, 3):
+            acr.set_render_threads(threads)
+            xs = [Tensor(a, requires_grad=True) for a in (t, m, i)]
+            y = g.render_templates(*xs)
+            (y * w).sum().backward()
+            results.append([y.data] + [x.grad for x in xs])
+    finally:
+        acr.set_render_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_render_without_gradients_keeps_no_state():
     rng = np.random.default_rng(12)
     t = Tensor(rng.uniform(0, 1, (2, 5, 5)), requires_grad=True)

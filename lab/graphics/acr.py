@@ -33,7 +33,9 @@ Float32 inputs are computed in float32; any float64 input makes the whole op flo
 """
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -45,7 +47,38 @@ _PAD = 1  # a zero template pixel on each side: every cell in the footprint has 
 #: Output pixels per chunk (whole canvases of one template): work arrays stay in cache.
 CHUNK_PIXELS = 1 << 17
 
+#: Worker threads (templates are split among them); numpy releases the GIL inside its
+#: loops, so on an idle multi-core CPU two threads nearly halve the time. Set with
+#: ``set_render_threads`` or ``$LAB_RENDER_THREADS``; 1 runs everything in the caller.
+RENDER_THREADS = max(1, int(os.environ.get("LAB_RENDER_THREADS", min(2, os.cpu_count() or 1))))
+
 _workspace = threading.local()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def set_render_threads(n: int) -> None:
+    """Use ``n`` worker threads for ``render_templates`` (1: no threads)."""
+    global RENDER_THREADS
+    RENDER_THREADS = max(1, int(n))
+
+
+def _map(fn, items):
+    """``[fn(x) for x in items]``, on the render threads when there are several."""
+    global _pool, _pool_size
+    items = list(items)
+    if RENDER_THREADS <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with _pool_lock:
+        if _pool is None or _pool_size != RENDER_THREADS:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render"), RENDER_THREADS
+        pool = _pool
+    return list(pool.map(fn, items))
+
+
+_pool_lock = threading.Lock()
 
 
 def _buffer(xp, name, shape, dtype):
@@ -197,42 +230,67 @@ class RenderTemplates(Function):
         self.step = step = max(1, CHUNK_PIXELS // N)
 
         y = xp.zeros((B, K, H, W), dtype=dt)
-        yflat = y.reshape(-1)
-        self.chunks = [] if self.need_grad else None
-        for k in range(K):
-            for a in range(0, B, step):
-                b = min(B, a + step)
-                pos, w, idx = self._footprint(xp, k, a, b)
-                # which canvas of the chunk each inside pixel belongs to (positions are sorted)
-                bounds = xp.searchsorted(pos, xp.arange(b - a + 1) * N)
-                counts = xp.diff(bounds)
-                canvas = xp.repeat(xp.arange(b - a), counts)
-                pix = pos - canvas * N
-                gpos = (canvas + a) * (K * N) + k * N + pix      # flat position in y
-                val = xp.empty(pos.size, dtype=dt)
-                self._gather(xp, k, idx, w, False, val)
-                val *= xp.repeat(intensity[a:b, k], counts)
-                xp.put(yflat, gpos, val)
-                if self.chunks is not None:
-                    self.chunks.append((k, a, b, gpos, pix, bounds, w, idx))
+        per_k = _map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
+        self.chunks = per_k if self.need_grad else None
         return y
+
+    def _forward_k(self, xp, k, yflat):
+        """Render template k on all B canvases, chunk by chunk; returns the chunks' state."""
+        B, K = self.dims[:2]
+        N, dt, step = self.N, self.dt, self.step
+        chunks = []
+        for a in range(0, B, step):
+            b = min(B, a + step)
+            pos, w, idx = self._footprint(xp, k, a, b)
+            # which canvas of the chunk each inside pixel belongs to (positions are sorted)
+            bounds = xp.searchsorted(pos, xp.arange(b - a + 1) * N)
+            counts = xp.diff(bounds)
+            canvas = xp.repeat(xp.arange(b - a), counts)
+            pix = pos - canvas * N
+            gpos = (canvas + a) * (K * N) + k * N + pix      # flat position in y
+            val = xp.empty(pos.size, dtype=dt)
+            self._gather(xp, k, idx, w, False, val)
+            val *= xp.repeat(self.intensity[a:b, k], counts)
+            xp.put(yflat, gpos, val)
+            if self.need_grad:
+                chunks.append((a, b, gpos, pix, bounds, w, idx))
+        return chunks
 
     # -- backward ----------------------------------------------------------------
     def backward(self, xp, gy):
         B, K, T0, T1, R = self.dims
         C, N, dt = self.C, self.N, self.dt
         need_t, need_m, need_i = (t.requires_grad for t in self.inputs)
-        gyflat = xp.ascontiguousarray(gy, dtype=dt).reshape(-1)
         g_m = xp.zeros((B, K, 3, 3), dtype=dt) if need_m else None
         g_int = xp.zeros((B, K), dtype=dt) if need_i else None
         g_tab = xp.zeros((K, 4, R * C), dtype=dt) if need_t else None
+        gyflat = xp.ascontiguousarray(gy, dtype=dt).reshape(-1)
+        _map(lambda k: self._backward_k(xp, k, gyflat, g_m, g_int, g_tab), range(K))
+
+        g_t = None
+        if need_t:   # cell-polynomial gradients -> template pixel gradients
+            G0, G1, G2, G3 = (g_tab[:, j].reshape(K, R, C) for j in range(4))
+            gP = xp.zeros((K, R + 1, C + 1), dtype=dt)
+            gP[:, :-1, :-1] += G0 - G1 - G2 + G3
+            gP[:, :-1, 1:] += G1 - G3
+            gP[:, 1:, :-1] += G2 - G3
+            gP[:, 1:, 1:] += G3
+            g_t = gP[:, _PAD:_PAD + T0, _PAD:_PAD + T1].copy()
+        return g_t, g_m, g_int
+
+
+    def _backward_k(self, xp, k, gyflat, g_m, g_int, g_tab):
+        """Gradients from template k's chunks into g_m[:, k], g_int[:, k] and g_tab[k]."""
+        B, K, T0, T1, R = self.dims
+        N, dt = self.N, self.dt
+        need_t, need_m, need_i = g_tab is not None, g_m is not None, g_int is not None
         scale = xp.asarray([T0, T1], dtype=dt)[:, None]
-        if need_t:   # per template: the scatter weights and cells of all its chunks (large scatters are fastest)
+        full = self.step * N
+        if need_t:   # the scatter weights and cells of all the chunks: large scatters are fastest
             wk = _buffer(xp, "scatter_w", (4, B * N), dt)
             ik = _buffer(xp, "scatter_i", (B * N,), xp.intp)
             fill = 0
-        full = self.step * N
-        for j, (k, a, b, gpos, pix, bounds, w, idx) in enumerate(self.chunks):
+        for a, b, gpos, pix, bounds, w, idx in self.chunks[k]:
             n = gpos.size
             counts = xp.diff(bounds)
             gin = xp.take(gyflat, gpos)                       # d loss / d y at the inside pixels
@@ -274,22 +332,9 @@ class RenderTemplates(Function):
                 xp.multiply(g2, wv, out=wk[3, fill:e])
                 ik[fill:e] = idx
                 fill = e
-                last = j + 1 == len(self.chunks) or self.chunks[j + 1][0] != k
-                if last:
-                    for c in range(4):
-                        _scatter_add(xp, g_tab[k, c], ik[:fill], wk[c, :fill])
-                    fill = 0
-
-        g_t = None
-        if need_t:   # cell-polynomial gradients -> template pixel gradients
-            G0, G1, G2, G3 = (g_tab[:, j].reshape(K, R, C) for j in range(4))
-            gP = xp.zeros((K, R + 1, C + 1), dtype=dt)
-            gP[:, :-1, :-1] += G0 - G1 - G2 + G3
-            gP[:, :-1, 1:] += G1 - G3
-            gP[:, 1:, :-1] += G2 - G3
-            gP[:, 1:, 1:] += G3
-            g_t = gP[:, _PAD:_PAD + T0, _PAD:_PAD + T1].copy()
-        return g_t, g_m, g_int
+        if need_t:
+            for c in range(4):
+                _scatter_add(xp, g_tab[k, c], ik[:fill], wk[c, :fill])
 
 
 def _render_cases(rng):
