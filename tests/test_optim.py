@@ -270,3 +270,23 @@ def test_cupy_steps_match_numpy(name):
                    and hasattr(v, "shape"))
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
     assert fractions[0].keys() == fractions[1].keys()
+
+
+def test_update_after_reading_uses_earlier_gradients_and_rule1_brakes_spikes():
+    w = param(np.zeros(1))
+    opt = ConservativeOptimizer({"w": w}, alphas=(0.05, 10.0, 0.01, 10.0), gammas=(1.0, math.e ** 3),
+                                init_sq=1e-4, update_first=False)
+    w.grad = np.array([0.01])
+    opt.step()  # ghat2 = init 1e-4: rule 3 gives 0.01 * 0.01 / 0.01 = 0.01
+    assert w.data[0] == pytest.approx(-0.01) and opt.last_rule_fractions["rule3"] == 1.0
+    np.testing.assert_allclose(opt.state["w"]["avg0"], [1e-4])  # updated after the step
+    w.grad = np.array([100.0])  # a spike: rules 2-4 see only the small past gradients
+    opt.step()
+    assert w.data[0] == pytest.approx(-0.06) and opt.last_rule_fractions["rule1"] == 1.0
+    # the default reading can never let rule 1 win when alpha1 > alpha3
+    w2 = param(np.zeros(1))
+    opt2 = ConservativeOptimizer({"w": w2}, alphas=(0.05, 10.0, 0.01, 10.0), init_sq=1e-4)
+    for g in (0.01, 100.0):
+        w2.grad = np.array([g])
+        opt2.step()
+        assert opt2.last_rule_fractions["rule1"] == 0.0

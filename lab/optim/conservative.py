@@ -130,6 +130,9 @@ class ConservativeOptimizer(Optimizer):
     init_sq : None for the relative high start (``init_factor`` times the first
         gradient's square, see the module docstring) or a float: the absolute start value.
     init_factor : the multiplier of the relative start.
+    update_first : update the averages with this step's gradient before computing the
+        step (default), or after it (``ghat2`` then only knows earlier gradients and
+        rule 1 is the brake for a sudden gradient spike); see the module docstring.
     overrides : fnmatch pattern on parameter names -> {"alphas": ..., "init_sq": ...,
         "init_factor": ...}; the first matching pattern wins.
     record_every : count which rule won (fig 2.13) every this many steps (0: never);
@@ -146,7 +149,7 @@ class ConservativeOptimizer(Optimizer):
 
     def __init__(self, params, alphas: Sequence[float] = DEFAULT_ALPHAS,
                  gammas: Sequence[float] = DEFAULT_GAMMAS, init_sq: float | None = None,
-                 init_factor: float = 100.0,
+                 init_factor: float = 100.0, update_first: bool = True,
                  overrides: Mapping[str, Mapping[str, Any]] | None = None,
                  record_every: int = 1):
         self.alphas = _check_alphas(alphas)
@@ -157,6 +160,7 @@ class ConservativeOptimizer(Optimizer):
             raise ValueError(f"at most {len(self._array_slots)} averages")
         self.init_sq = None if init_sq is None else float(init_sq)
         self.init_factor = float(init_factor)
+        self.update_first = bool(update_first)
         self.record_every = int(record_every)
         super().__init__(params, overrides)
         for over in self.overrides.values():
@@ -185,19 +189,13 @@ class ConservativeOptimizer(Optimizer):
                 for k in range(len(self.gammas)):
                     slots[f"avg{k}"][...] = start
                 slots["ready"] = 1
-        ghat2 = None
-        for k, gamma in enumerate(self.gammas):
-            avg = slots[f"avg{k}"]
-            # Updated before the step is computed (module docstring: thesis reading).
-            if gamma == 1.0:
-                avg[...] = g2
-            else:
-                avg *= 1.0 - 1.0 / gamma
-                avg += g2 * (1.0 / gamma)
-            if ghat2 is None:
-                ghat2 = avg.copy()
-            else:
-                xp.maximum(ghat2, avg, out=ghat2)
+        if self.update_first:  # the default reading (module docstring)
+            self._update_averages(slots, g2)
+        ghat2 = slots["avg0"].copy()
+        for k in range(1, len(self.gammas)):
+            xp.maximum(ghat2, slots[f"avg{k}"], out=ghat2)
+        if not self.update_first:
+            self._update_averages(slots, g2)
         alphas = tuple(a * self.step_scale for a in hyper["alphas"])
         f, q3 = _factor(ghat2, alphas)
         delta = g * f
@@ -207,8 +205,18 @@ class ConservativeOptimizer(Optimizer):
             return _rule_counts(g, f, q3, alphas)
         return None
 
+    def _update_averages(self, slots, g2) -> None:
+        for k, gamma in enumerate(self.gammas):
+            avg = slots[f"avg{k}"]
+            if gamma == 1.0:
+                avg[...] = g2
+            else:
+                avg *= 1.0 - 1.0 / gamma
+                avg += g2 * (1.0 / gamma)
+
     def _scalars(self) -> dict[str, Any]:
         return {"alphas": list(self.alphas), "gammas": list(self.gammas),
+                "update_first": self.update_first,
                 "init_sq": self.init_sq, "init_factor": self.init_factor}
 
     def _load_scalars(self, d) -> None:
@@ -220,6 +228,8 @@ class ConservativeOptimizer(Optimizer):
             self.init_sq = None if d["init_sq"] is None else float(d["init_sq"])
         if "init_factor" in d:
             self.init_factor = float(d["init_factor"])
+        if "update_first" in d:
+            self.update_first = bool(d["update_first"])
 
     def load_state_dict(self, d) -> None:
         super().load_state_dict(d)
