@@ -293,3 +293,34 @@ def test_decode_single_image_is_fast_at_thesis_size():
     per = (time.perf_counter() - t) / 5
     assert out.shape == (1, 28, 28)
     assert per < 0.1, f"decode of one image took {per * 1000:.1f} ms"
+
+
+# -- explicit depth (2.7.2) ---------------------------------------------------------------------
+def test_explicit_depth_output_model():
+    from lab.capsules.depth import explicit_depth
+    a = np.array([[[[0.2]], [[0.9]]]])                 # two ACs, one pixel
+    near, far = np.array([[[[3.0]], [[0.5]]]]), np.array([[[[0.0]], [[0.0]]]])
+    out = explicit_depth(Tensor(a), Tensor(near)).item()
+    assert abs(out - 0.2) < 0.01                       # the front AC wins, even though darker
+    assert explicit_depth(Tensor(a), Tensor(far)).item() == 0.0   # nothing drawn: exactly 0
+    big = explicit_depth(Tensor(a), Tensor(near * 100)).item()    # no overflow
+    assert np.isfinite(big) and abs(big - 0.2) < 1e-6
+    rng = np.random.default_rng(0)
+    assert gradcheck(lambda v, d: explicit_depth(v, d),
+                     [rng.random((2, 3, 4, 4)), rng.random((2, 3, 4, 4))])
+
+
+def test_explicit_depth_model_gradcheck():
+    cfg = tiny_config("single_cc", output_kind="explicit_depth")
+    model = build_model(cfg, seed=2, dtype=F64)
+    assert model.templates().shape == (2, 2, 3, 3)     # value + depth template
+    names = list(model.params)
+    images = np.random.default_rng(6).random((3, 8, 8))
+
+    def fn(x, *ps):
+        model.bind_params(dict(zip(names, ps)))
+        return model.loss(x, train=True, stream=RandomStream(1))[0]
+    assert gradcheck(fn, [images] + [model.params[n].data.copy() for n in names],
+                     atol=1e-6, rtol=1e-4, n_directions=2)
+    out = model.contributions(images.astype(np.float32))
+    assert out["contributions"].shape == (3, 2, 8, 8)

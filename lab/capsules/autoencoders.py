@@ -33,10 +33,10 @@ from lab.capsules.acr import ACR
 from lab.capsules.ccr import CCR, initial_ac_poses
 from lab.capsules.code import CapsuleCode
 from lab.capsules.configs import CapsuleConfig
+from lab.capsules.depth import render_output
 from lab.capsules.gpnn import GPNN
 from lab.capsules.managers import RMM
 from lab.capsules.poses import default_nice, intensity_raw_for, nice_to_igeo
-from lab.graphics import output_model
 
 _ALL = slice(None)
 
@@ -97,7 +97,9 @@ class CapsuleAutoencoder:
         return out
 
     def loss(self, images, train: bool = True, stream: RandomStream | None = None):
-        """(loss Tensor, dict of float terms): squared error per image + the 2.4 regularizers."""
+        """``(loss Tensor, terms, out)``: squared error summed over pixels and averaged over
+        cases plus the 2.4 regularizers; ``terms`` their float values (and
+        ``recon_per_pixel``); ``out`` the ``forward`` dict."""
         c = self.config
         out = self.forward(images, train=train, stream=stream)
         B = out["input"].shape[0]
@@ -195,8 +197,7 @@ class CapsuleAutoencoder:
         m = np.asarray(matrices, dtype=self.dtype)
         i = np.asarray(intensities, dtype=self.dtype).reshape(m.shape[0], m.shape[1], -1)
         with no_grad():
-            contributions = self.acs.render(Tensor(m), Tensor(i))
-            return output_model(contributions, self.config.output_kind).numpy()
+            return render_output(self.acs, Tensor(m), Tensor(i), self.config.output_kind)["output"].numpy()
 
     def templates(self) -> np.ndarray:
         """The non-negative learned templates (K, M, T, T) (fig 2.15)."""
@@ -281,8 +282,8 @@ class ACAutoencoder(CapsuleAutoencoder):
 
     def _build_decoder(self, rng) -> None:
         c = self.config
-        self.acs = ACR(c.n_acs, c.template_size, self.image_shape, c.n_channels, rng=rng,
-                       dtype=self.dtype)
+        self.acs = ACR(c.n_acs, c.template_size, self.image_shape, c.n_channels,
+                       depth=c.output_kind == "explicit_depth", rng=rng, dtype=self.dtype)
 
     def _decoder_params(self):
         return dict(self.acs.params)
@@ -301,10 +302,9 @@ class ACAutoencoder(CapsuleAutoencoder):
         M = self.config.n_channels
         poses = code["poses"]
         matrices, intensities = nice_to_igeo(poses, M)
-        contributions = self.acs.render(matrices, intensities)
-        return {"output": output_model(contributions, self.config.output_kind),
-                "contributions": contributions, "matrices": matrices,
-                "intensities": intensities, "ac_poses": poses}
+        out = render_output(self.acs, matrices, intensities, self.config.output_kind)
+        out.update(matrices=matrices, intensities=intensities, ac_poses=poses)
+        return out
 
 
 class SingleCCAutoencoder(CapsuleAutoencoder):
@@ -327,7 +327,7 @@ class SingleCCAutoencoder(CapsuleAutoencoder):
         self.ccr = CCR(c.n_distortions, c.n_acs, c.template_size, self.image_shape,
                        c.decoder_hidden, n_components=self.n_manager_inputs,
                        n_channels=c.n_channels, output_kind=c.output_kind, spread=c.ac_spread,
-                       rng=rng, dtype=self.dtype)
+                       y_weight_scale=c.decoder_y_init, rng=rng, dtype=self.dtype)
         self.acs = self.ccr.acs
 
     def _decoder_params(self):

@@ -15,7 +15,9 @@ each AC, OM combines the contributions.
 Choice left open by the thesis: the function's initial output bias places the ACs at
 random spots around the CC's centre, at a scale where one template pixel covers
 about one output pixel (``initial_ac_poses``); without it all ACs start on top of
-each other and break symmetry slowly.
+each other and break symmetry slowly. ``y_weight_scale`` multiplies the initial
+weights from the {y_i} inputs (config ``decoder_y_init``): with the GPNN's default
+scale every CC starts with nearly the same constellation.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from lab.autodiff import Tensor, concatenate, getitem, reshape, softplus10
 from lab.capsules.acr import ACR
 from lab.capsules.gpnn import GPNN
 from lab.capsules.poses import compose_igeo, default_nice, intensity_raw_for
-from lab.graphics import output_model
+from lab.capsules.depth import render_output
 
 
 def initial_ac_poses(n_acs: int, n_channels: int, template_size: int, output_size,
@@ -55,6 +57,7 @@ class CCR:
     def __init__(self, n_distortions: int, n_acs: int, template_size: int, output_size,
                  n_hidden: int, n_components: int = 0, n_channels: int = 1,
                  output_kind: str = "max_semi_soft", spread: float = 0.25,
+                 y_weight_scale: float = 1.0,
                  rng: np.random.Generator | None = None, dtype=np.float32):
         rng = rng or np.random.default_rng(0)
         self.n_distortions, self.n_components = n_distortions, n_components
@@ -64,7 +67,12 @@ class CCR:
         self.pose_fn = GPNN(n_distortions + n_components, n_hidden, n_acs * (n_channels + 6),
                             dropout=0.0, rng=rng, output_bias=bias.reshape(-1), out_scale=0.3,
                             dtype=dtype, prefix="ccr")
-        self.acs = ACR(n_acs, template_size, output_size, n_channels, rng=rng, dtype=dtype)
+        if n_components and y_weight_scale != 1.0:
+            # Larger initial weights from the one-of-N {y_i} inputs give every CC its own
+            # initial constellation, so the manager has a reason to choose from the start.
+            self.pose_fn.p("W1").data[n_distortions:] *= y_weight_scale
+        self.acs = ACR(n_acs, template_size, output_size, n_channels,
+                       depth=output_kind == "explicit_depth", rng=rng, dtype=dtype)
         self.params = {**self.pose_fn.params, **self.acs.params}
 
     def ac_poses(self, distortion: Tensor, y: Tensor | None = None) -> Tensor:
@@ -80,7 +88,7 @@ class CCR:
         """Render ACs placed by ``cc_pose`` (B, 1+6) (CC-in-world) and ``ac_poses`` (B,K,M+6)."""
         M = self.n_channels
         matrices, intensities = compose_igeo(cc_pose, ac_poses, M)
-        contributions = self.acs.render(matrices, intensities)
-        return {"output": output_model(contributions, self.output_kind),
-                "contributions": contributions, "matrices": matrices, "intensities": intensities}
+        out = render_output(self.acs, matrices, intensities, self.output_kind)
+        out.update(matrices=matrices, intensities=intensities)
+        return out
 

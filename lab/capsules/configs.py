@@ -22,6 +22,8 @@ keyword hyperparameters (sklearn's habit: a dashboard can build controls from
   downsampled from 64x64 to 32x32 by 2x2 averaging so a CPU can train it;
   ``image_size=64`` restores the full resolution.
 - ``faces-multichannel`` (2.7.1): as ``faces`` with three-channel ACs.
+- ``faces-depth`` (2.7.2): as ``faces`` with the explicit-depth output model
+  (``lab.capsules.depth``), which the thesis left unfinished.
 - ``mnist-acs``: the AC-only autoencoder of fig 2.6 (no CCs), for comparison.
 """
 from __future__ import annotations
@@ -46,8 +48,9 @@ class CapsuleConfig:
     dropout: float = 0.5              # on the encoder's hidden units (2.4.6)
     distortion_dropout: float = 0.5   # on the distortion variables (2.4.4)
     manager_noise: float = 10.0       # RMM: ξ ~ U(0, manager_noise) (2.3.5)
-    output_kind: str = "max_semi_soft"
+    output_kind: str = "max_semi_soft" # lab.graphics.OUTPUT_MODELS, or "explicit_depth" (2.7.2)
     ac_spread: float = 0.25           # initial AC centres within ± this fraction of the output
+    decoder_y_init: float = 1.0       # scale of the distortion function's initial weights from y
     batch_size: int = 500
     optimizer: str = "conservative"
     optimizer_kwargs: dict = field(default_factory=dict)
@@ -84,6 +87,11 @@ CONFIGS: dict[str, dict] = {
                   n_acs=20, template_size=11, n_distortions=10, encoder_hidden=300,
                   decoder_hidden=200, dropout=0.1, distortion_dropout=0.1, manager_noise=0.0,
                   batch_size=40, usage_alpha=0.0, n_valid=40, eval_every=50),
+    "faces-depth": dict(model="single_cc", dataset="olivetti", image_size=32, n_components=1,
+                        n_acs=20, template_size=11, n_distortions=10, encoder_hidden=300,
+                        decoder_hidden=200, dropout=0.1, distortion_dropout=0.1,
+                        manager_noise=0.0, output_kind="explicit_depth", batch_size=40,
+                        usage_alpha=0.0, n_valid=40, eval_every=50),
     "faces-multichannel": dict(model="single_cc", dataset="olivetti", image_size=32,
                                n_components=1, n_acs=20, template_size=11, n_channels=3,
                                n_distortions=10, encoder_hidden=300, decoder_hidden=200,
