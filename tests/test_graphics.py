@@ -63,11 +63,14 @@ def test_render_gradcheck_through_the_whole_decoder_chain():
                      atol=1e-6, rtol=1e-4)
 
 
-def test_render_gradcheck_with_empty_canvases_and_many_chunks(monkeypatch):
+@pytest.mark.parametrize("dense_fraction", [0.0, 0.5, 2.0])   # all dense, mixed, all compacted
+def test_render_gradcheck_with_empty_canvases_and_many_chunks(monkeypatch, dense_fraction):
     """Canvases whose template lies wholly off-canvas (empty footprints) between others,
-    and chunks much smaller than the batch: the per-canvas sums must stay aligned."""
+    and chunks much smaller than the batch: the per-canvas sums must stay aligned, in
+    dense chunks (clipped coordinates) and compacted ones (footprint pixels only)."""
     from lab.graphics import acr
     monkeypatch.setattr(acr, "CHUNK_PIXELS", 2 * 36)           # two 6x6 canvases per chunk
+    monkeypatch.setattr(acr, "DENSE_FRACTION", dense_fraction)
     rng = np.random.default_rng(11)
     nice = _poses(rng, 7, 2)
     nice[1, :, 0] = 3.0                                          # canvas 1: both templates far off

@@ -14,20 +14,24 @@ of one template (so that work arrays stay in cache):
 footprint
     the template coordinates ``(u, v)`` of every output pixel are one small product
     ``[T M00, T M01, T M02 - 0.5] @ [p0; p1; 1]``. A template is zero outside
-    ``-1 < u < T0, -1 < v < T1``, so only the pixels inside this footprint (found
-    with a mask, kept as flat positions) are computed at all: a learned capsule
-    covers a fraction of the canvas (thesis fig. 2.14), and value and gradient are
-    exactly zero elsewhere.
+    ``-1 < u < T0, -1 < v < T1``. Where a chunk's footprints cover less than half of
+    its pixels (a learned capsule draws a part of the digit, thesis fig. 2.14), only
+    the pixels inside (found with a mask, kept as flat positions) are computed; value
+    and gradient are exactly zero elsewhere. Otherwise every pixel is computed, with
+    its coordinates clipped into a border of two zero template pixels, where value and
+    slopes vanish without masks.
 forward
-    inside the footprint ``(u, v)`` splits into a cell and fractions ``(wu, wv)``;
-    one gather fetches the cell's bilinear polynomial ``c0 + c1 wv + c2 wu + c3 wu wv``
-    (a table built once from the zero-padded templates).
+    ``(u, v)`` splits into a cell and fractions ``(wu, wv)``; one gather fetches the
+    cell's bilinear polynomial ``c0 + c1 wv + c2 wu + c3 wu wv`` (a table built once
+    from the zero-padded templates).
 backward
     templates: the polynomial coefficients' gradients ``(g, g wv, g wu, g wu wv)``
     are scattered onto the cell table with ``np.add.at`` and mapped back to pixels;
     matrices: ``d loss/du = g (c2 + c3 wv)`` and ``d loss/dv = g (c1 + c3 wu)`` times
-    the pixel coordinates ``(p0, p1, 1)`` (a matrix product); intensities: ``Σ gy · value``.
+    the pixel coordinates ``(p0, p1, 1)`` (per-canvas sums); intensities: ``Σ gy · value``.
 
+Templates are shared out among ``RENDER_THREADS`` worker threads (numpy releases the
+GIL in its loops; results are identical for any thread count).
 Float32 inputs are computed in float32; any float64 input makes the whole op float64
 (used by the gradient checks). The CPU path uses numpy only.
 """
@@ -42,7 +46,11 @@ import numpy as np
 from lab.autodiff import Function, Tensor, grad_enabled, register_op
 from lab.graphics.frames import as_size, pixel_centres
 
-_PAD = 1  # a zero template pixel on each side: every cell in the footprint has 4 corners
+_PAD = 2  # zero template pixels on each side: room to clip coordinates into (dense chunks)
+
+#: Chunks where more than this fraction of pixels is inside the footprint are computed
+#: densely (every pixel, clipped coordinates): compacting would cost more than it saves.
+DENSE_FRACTION = 0.5
 
 #: Output pixels per chunk (whole canvases of one template): work arrays stay in cache.
 CHUNK_PIXELS = 1 << 17
@@ -111,9 +119,9 @@ def _scatter_add(xp, target, index, values):
 class RenderTemplates(Function):
     """Fused ACR: templates (K,T0,T1), world->template (B,K,3,3), intensity (B,K) -> (B,K,H,W).
 
-    Forward keeps, for the pixels inside each footprint only, their flat positions,
-    fractions and cells (and only when a backward can follow); backward re-gathers
-    the cell polynomials, which is cheaper than storing them.
+    Forward keeps, per computed pixel, its fractions and cell (plus flat positions in
+    compacted chunks), and only when a backward can follow; backward re-gathers the
+    cell polynomials, which is cheaper than storing them.
     """
 
     label = "ACR"
@@ -144,8 +152,13 @@ class RenderTemplates(Function):
 
     # -- the footprint of one chunk of canvases ----------------------------------
     def _footprint(self, xp, k, a, b):
-        """Flat positions (in the chunk's (b-a)*N pixels) inside template k's footprint,
-        their fractions ``w`` (2, n) and cell indices (n,)."""
+        """Template k on canvases a:b: ``(pos, w, idx)``.
+
+        ``pos``: flat positions (in the chunk's (b-a)*N pixels) inside the footprint, or
+        None when most pixels are inside (then every pixel is computed, ``w`` and ``idx``
+        cover the whole chunk, and coordinates outside are clipped into the zero border).
+        ``w``: fractions (2, n); ``idx``: cell indices (n,).
+        """
         n = (b - a) * self.N
         full = self.step * self.N
         uv = _buffer(xp, "uv", (2, full), self.dt)[:, :n]
@@ -160,9 +173,18 @@ class RenderTemplates(Function):
         inside &= upper
         xp.logical_and(inside[0], inside[1], out=inside[0])
         pos = xp.flatnonzero(inside[0])
-        w = xp.take(uv, pos, axis=1)                  # (2, n_in) coordinates, then fractions
-        f = xp.floor(w)
-        w -= f
+        if pos.size > DENSE_FRACTION * n:
+            # dense: clipping into the border of two zero template pixels makes value and
+            # slopes exactly 0 outside, with no masks
+            xp.clip(uv, 0.0, self.uvclip, out=uv)
+            f = _buffer(xp, "f", (2, full), self.dt)[:, :n]
+            xp.floor(uv, out=f)
+            w = uv - f
+            pos = None
+        else:
+            w = xp.take(uv, pos, axis=1)              # (2, n_in) coordinates, then fractions
+            f = xp.floor(w)
+            w -= f
         f[0] *= self.C
         f[0] += f[1]
         return pos, w, f[0].astype(xp.intp)
@@ -226,6 +248,7 @@ class RenderTemplates(Function):
         coef[..., 2] += _PAD - 0.5
         self.coef = xp.ascontiguousarray(coef)
         self.uvmax = xp.asarray([T0 + _PAD, T1 + _PAD], dtype=dt)[:, None]
+        self.uvclip = self.uvmax + 0.5        # cells beyond have two zero corners: value, slopes 0
         self.intensity = intensity
         self.step = step = max(1, CHUNK_PIXELS // N)
 
@@ -242,6 +265,13 @@ class RenderTemplates(Function):
         for a in range(0, B, step):
             b = min(B, a + step)
             pos, w, idx = self._footprint(xp, k, a, b)
+            if pos is None:      # dense chunk: every pixel computed
+                val = _buffer(xp, "val", (step * N,), dt)[:(b - a) * N].reshape(b - a, N)
+                self._gather(xp, k, idx, w, False, val.reshape(-1))
+                xp.multiply(val, self.intensity[a:b, k, None], out=yflat.reshape(B, K, N)[a:b, k])
+                if self.need_grad:
+                    chunks.append((a, b, None, None, None, w, idx))
+                continue
             # which canvas of the chunk each inside pixel belongs to (positions are sorted)
             bounds = xp.searchsorted(pos, xp.arange(b - a + 1) * N)
             counts = xp.diff(bounds)
@@ -291,13 +321,24 @@ class RenderTemplates(Function):
             ik = _buffer(xp, "scatter_i", (B * N,), xp.intp)
             fill = 0
         for a, b, gpos, pix, bounds, w, idx in self.chunks[k]:
-            n = gpos.size
-            counts = xp.diff(bounds)
-            gin = xp.take(gyflat, gpos)                       # d loss / d y at the inside pixels
-            g = gin * xp.repeat(self.intensity[a:b, k], counts)   # ... / d unscaled value
+            n = idx.size
             val = _buffer(xp, "val", (full,), dt)[:n] if need_i else None
-            duv = self._gather(xp, k, idx, w, need_m, val)
-            if need_m or need_i:
+            if gpos is None:     # dense chunk
+                gin = gyflat.reshape(B, K, N)[a:b, k]
+                g = xp.multiply(gin, self.intensity[a:b, k, None],
+                                out=_buffer(xp, "g", (full,), dt)[:n].reshape(b - a, N)).reshape(-1)
+                duv = self._gather(xp, k, idx, w, need_m, val)
+                if need_i:
+                    g_int[a:b, k] = xp.einsum("cn,cn->c", gin, val.reshape(b - a, N))
+                if need_m:       # (d loss/du, d loss/dv) times the pixel coordinates (p0, p1, 1)
+                    duv *= g
+                    g_m[a:b, k, :2] = scale * xp.einsum("rcn,jn->crj", duv.reshape(2, b - a, N), self.basis)
+            else:
+                counts = xp.diff(bounds)
+                gin = xp.take(gyflat, gpos)                   # d loss / d y at the inside pixels
+                g = gin * xp.repeat(self.intensity[a:b, k], counts)   # ... / d unscaled value
+                duv = self._gather(xp, k, idx, w, need_m, val)
+            if gpos is not None and (need_m or need_i):
                 # per-canvas sums as one segmented reduction over the (sorted) inside pixels:
                 # rows 0-5: d loss/d(u, v) times (p0, p1, 1), i.e. the matrix gradient, because
                 # u = T0 (M00 p0 + M01 p1 + M02) + const; row 6: Σ gy · value (intensity)
