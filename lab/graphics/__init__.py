@@ -15,7 +15,7 @@ Data flow of a capsule decoder (figs 2.6, 2.7, 2.12)::
 
 See ``lab.graphics.frames`` for the coordinate conventions.
 """
-from lab.graphics.acr import render_templates
+from lab.graphics.acr import render_templates, set_render_threads
 from lab.graphics.frames import FILL_DETERMINANT, canvas_points, pixel_centres
 from lab.graphics.migp import compose
 from lab.graphics.ntm import IDENTITY_NICE, determinant, igeo_nice_to_igeo, nice_to_matrix
@@ -23,4 +23,4 @@ from lab.graphics.om import OUTPUT_MODELS, SEMI_SOFT_SHARPNESS, max_semi_soft, o
 
 __all__ = ["FILL_DETERMINANT", "IDENTITY_NICE", "OUTPUT_MODELS", "SEMI_SOFT_SHARPNESS",
            "canvas_points", "compose", "determinant", "igeo_nice_to_igeo", "max_semi_soft", "nice_to_matrix",
-           "output_model", "pixel_centres", "render_templates"]
+           "output_model", "pixel_centres", "render_templates", "set_render_threads"]
