@@ -26,6 +26,7 @@ import numpy as np
 
 from lab.autodiff import Function, Tensor, max as ad_max, logsumexp, register_op, sigmoid
 from lab.autodiff import softplus10, sum as ad_sum
+from lab.graphics.acr import _map
 
 #: Sharpness of maxSemiSoft (thesis 2.3.3: exp(a * 100)).
 SEMI_SOFT_SHARPNESS = 100.0
@@ -56,7 +57,8 @@ class MaxSemiSoft(Function):
         weights = xp.empty_like(a3)
         y = xp.empty((outer, inner), dtype=a.dtype)
         step = max(1, self.CHUNK // max(1, K * inner))
-        for i in range(0, outer, step):
+
+        def chunk(i):
             j = min(outer, i + step)
             x, w, out = a3[i:j], weights[i:j], y[i:j]
             m = x.max(axis=1)
@@ -69,6 +71,8 @@ class MaxSemiSoft(Function):
             xp.log(s, out=out)
             out /= self.beta
             out += m
+
+        _map(chunk, range(0, outer, step))        # on the render threads (disjoint slices)
         self.weights = weights
         return y.reshape(a.shape[:ax] + a.shape[ax + 1:])
 
