@@ -234,6 +234,7 @@ def test_fast_rule_counts_match_the_per_element_winners():
     ghat2 = g * g * 10 ** rng.uniform(-5, 2, 4000)  # the pure function allows ghat2 < g^2
     ghat2[::23] = (alphas[3] / alphas[2]) ** 2  # exact 3/4 ties (rule 3 must win them)
     ghat2[::17] = 0.0
+    ghat2[::34] = 3.0  # g == 0 with a remembered ghat2: still "zero_grad"
     delta, winner = conservative_step(g, ghat2, alphas)
     f, q3 = _factor(ghat2, alphas)
     counts = _rule_counts(g, f, q3, alphas)

@@ -108,12 +108,14 @@ def _rule_counts(g, f, q3, alphas):
     xp = get_array_module(g)
     a1, a2 = alphas[0], alphas[1]
     n = g.size
-    zero = xp.count_nonzero(g == 0)
+    nonzero = g != 0
+    zero = n - xp.count_nonzero(nonzero)
     capped = xp.abs(g) * f >= a1               # rule 1 (never true where g == 0)
     n1 = xp.count_nonzero(capped)
-    is2 = f == a2                              # includes every g == 0 element
-    n2 = xp.count_nonzero(is2 & ~capped) - zero
-    n3 = xp.count_nonzero((f == q3) & ~is2 & ~capped)
+    rest = nonzero & ~capped
+    is2 = f == a2
+    n2 = xp.count_nonzero(is2 & rest)
+    n3 = xp.count_nonzero((f == q3) & ~is2 & rest)
     n4 = n - n1 - n2 - n3 - zero
     return xp.stack([xp.asarray(c) for c in (n1, n2, n3, n4, zero)])
 
