@@ -107,6 +107,27 @@ def test_render_threads_give_identical_results():
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_render_works_in_a_forked_child():
+    """A forked child inherits the thread pool object but not its threads."""
+    import os
+    from lab.graphics import acr
+    old = acr.RENDER_THREADS
+    acr.set_render_threads(2)
+    try:
+        t = np.random.default_rng(14).uniform(0, 1, (3, 5, 5))
+        m = g.nice_to_matrix(np.tile(np.array(g.IDENTITY_NICE), (2, 3, 1))).data
+        a = g.render_templates(t, m, np.ones((2, 3)), 8).data
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            ok = np.array_equal(a, g.render_templates(t, m, np.ones((2, 3)), 8).data)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+    finally:
+        acr.set_render_threads(old)
+
+
 def test_render_without_gradients_keeps_no_state():
     rng = np.random.default_rng(12)
     t = Tensor(rng.uniform(0, 1, (2, 5, 5)), requires_grad=True)

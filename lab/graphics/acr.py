@@ -63,6 +63,7 @@ RENDER_THREADS = max(1, int(os.environ.get("LAB_RENDER_THREADS", min(2, os.cpu_c
 _workspace = threading.local()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0
 
 
 def set_render_threads(n: int) -> None:
@@ -77,11 +78,14 @@ def _map(fn, items):
     items = list(items)
     if RENDER_THREADS <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
+    global _pool_pid
     with _pool_lock:
-        if _pool is None or _pool_size != RENDER_THREADS:
-            if _pool is not None:
+        if _pool is None or _pool_size != RENDER_THREADS or _pool_pid != os.getpid():
+            if _pool is not None and _pool_pid == os.getpid():
                 _pool.shutdown(wait=False)
+            # (a forked child inherits the pool object but not its threads: make a new one)
             _pool, _pool_size = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render"), RENDER_THREADS
+            _pool_pid = os.getpid()
         pool = _pool
     return list(pool.map(fn, items))
 
