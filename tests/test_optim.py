@@ -88,7 +88,7 @@ def test_relative_high_start_makes_rule4_dominate_first_then_rule3():
     # by rule 4 (high initial ghat2), later ones by rule 3 once the start is forgotten.
     rng = np.random.default_rng(0)
     w = param(np.zeros(2000), dtype=np.float32)
-    opt = ConservativeOptimizer({"w": w}, alphas=(0.1, 1.0, 1e-3, 1e-3))
+    opt = ConservativeOptimizer({"w": w}, alphas=(0.1, 1.0, 1e-3, 1e-3), init_factor=100.0)
     history = []
     for _ in range(3000):
         w.grad = (rng.standard_normal(2000) * 0.3).astype(np.float32)
@@ -108,8 +108,8 @@ def test_zero_first_gradient_waits_for_the_high_start():
     w.grad = np.array([1.0, 0.0, 1.0])
     opt.step()
     assert opt.state["w"]["ready"] == 1
-    # start = 100 * max(g^2, mean g^2): the zero element starts high as well
-    np.testing.assert_allclose(opt.state["w"]["avg2"][1], 100 * 2 / 3 * (1 - math.exp(-6)))
+    # start = init_factor * max(g^2, mean g^2): the zero element starts high as well
+    np.testing.assert_allclose(opt.state["w"]["avg2"][1], 2 / 3 * (1 - math.exp(-6)))
 
 
 def test_overrides_and_step_scale():
@@ -220,7 +220,7 @@ def test_state_dict_is_numpy_and_json_scalars():
 def test_make_optimizer():
     w = param([0.0])
     assert isinstance(make_optimizer("Adam", [w], lr=0.1), Adam)
-    assert make_optimizer("conservative", [w]).get_params()["init_factor"] == 100.0
+    assert make_optimizer("conservative", [w]).get_params()["init_factor"] == 1.0
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lbfgs", [w])
 
