@@ -52,10 +52,10 @@ def test_rbm_log_z_matches_joint_brute_force(H, V, scale):
 
 @pytest.mark.parametrize("scale", [0.3, 3.0, 40.0, 400.0])
 def test_split_scheme_matches_direct_on_wide_models(scale):
-    # 16 enumerated units over 120 others: exercises the float32 bundles, the float64
+    # 14 enumerated units over 60 others: exercises the float32 bundles, the float64
     # fallback and (for the largest weights) the direct fallback of the split scheme
     rng = np.random.default_rng(int(scale * 10))
-    W, b, c = random_rbm(rng, 16, 120, scale)
+    W, b, c = random_rbm(rng, 14, 60, scale)
     direct = rbm_log_partition(W, b, c, method="direct")
     split = rbm_log_partition(W, b, c, method="split", threads=2)
     assert split == pytest.approx(direct, rel=1e-8, abs=1e-5)
@@ -128,9 +128,10 @@ def test_ais_interval_contains_exact_log_z():
 
 @pytest.mark.slow
 def test_ais_full_schedule_on_25_hidden_model():
+    # the full schedule of 14,501 temperatures (about 0.3 ms each here)
     rbm = _trained_toy_rbm(n_hidden=25, n_visible=16)
     exact = rbm.log_partition("exact").value
-    est = rbm.log_partition("ais", n_runs=100, random_state=2)
+    est = rbm.log_partition("ais", n_runs=50, random_state=2)
     assert est.lower <= exact <= est.upper, (est, exact)
     assert est.upper - est.lower < 0.5
 

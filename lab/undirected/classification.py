@@ -18,6 +18,7 @@ import numpy as np
 
 from lab.backend import DEFAULT_FLOAT, to_numpy
 from lab.undirected._base import check_data
+from lab.undirected.parallel import single_threaded_blas_on_cpu
 from lab.undirected.rbm import _RBMBase
 
 
@@ -105,6 +106,7 @@ class ClassificationRBM(_RBMBase):
             raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
         return X, y
 
+    @single_threaded_blas_on_cpu
     def fit(self, X, y) -> "ClassificationRBM":
         """Train from scratch on inputs ``X`` and labels ``y``. Returns self."""
         X, y = self._check_Xy(X, y, fitted=False)
@@ -131,6 +133,7 @@ class ClassificationRBM(_RBMBase):
         onehot[xp.arange(v.shape[0]), self._labels_dev[idx]] = 1
         return xp.concatenate([v, onehot], axis=1)
 
+    @single_threaded_blas_on_cpu
     def partial_fit(self, X, y, classes=None) -> "ClassificationRBM":
         """One update on the minibatch ``(X, y)``; ``classes`` is required on the first call."""
         fitted = hasattr(self, "components_")
@@ -144,7 +147,7 @@ class ClassificationRBM(_RBMBase):
             self._initialize(X.shape[1] + len(self.classes_),
                              data_mean=self._joint(X, y).mean(axis=0))
         start = time.perf_counter()
-        with self._lock, self._cpu_context():
+        with self._lock:
             v = self.backend_.asarray(X, dtype=DEFAULT_FLOAT)
             if self.binarize:
                 from lab.undirected.algorithms import bernoulli  # noqa: PLC0415
@@ -153,6 +156,7 @@ class ClassificationRBM(_RBMBase):
             self.train_seconds_ += time.perf_counter() - start
         return self
 
+    @single_threaded_blas_on_cpu
     def predict_log_proba(self, X, chunk: int = 2000):
         """Exact log p(y | x) (n_samples, n_classes), float64 numpy."""
         self._check_is_fitted("components_")
@@ -185,6 +189,7 @@ class ClassificationRBM(_RBMBase):
         y = np.asarray(to_numpy(y))
         return float(np.mean(self.predict(X) == y))
 
+    @single_threaded_blas_on_cpu
     def transform(self, X):
         """P(h = 1 | x) with the label summed out is not factorial; this returns the
         hidden probabilities given x and the predicted label."""

@@ -23,6 +23,7 @@ import numpy as np
 
 from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
 from lab.undirected._base import Estimator, LinearDecay, check_data, make_stream, sigmoid_
+from lab.undirected.parallel import single_threaded_blas_on_cpu
 from lab.undirected.partition import mrf_log_partition, mrf_log_potential, mrf_moments
 
 MRF_ALGORITHMS = ("pl", "pcd", "exact")
@@ -169,7 +170,7 @@ class FullyVisibleMRF(Estimator):
             mean_m, second_m = P.mean(axis=0), (P.T @ P) / P.shape[0]
             self._gibbs_sweep(self.fantasy_particles_)
         else:
-            _, mean_m, second_m = mrf_moments(to_numpy(W), to_numpy(b))
+            _, mean_m, second_m = mrf_moments(to_numpy(W), to_numpy(b), dtype=np.float32)
             mean_m, second_m = xp.asarray(mean_m), xp.asarray(second_m)
         G = second_d - second_m
         n = G.shape[0]
@@ -193,6 +194,7 @@ class FullyVisibleMRF(Estimator):
         self.learning_rate_ = lr
 
     # -- public API ----------------------------------------------------------------
+    @single_threaded_blas_on_cpu
     def fit(self, X, sample_weight=None) -> "FullyVisibleMRF":
         """Train from scratch on binary ``X`` (rows weighted by ``sample_weight``, e.g.
         the counts of distinct patterns). Returns self."""
@@ -248,6 +250,7 @@ class FullyVisibleMRF(Estimator):
                 bar.close()
         return self
 
+    @single_threaded_blas_on_cpu
     def partial_fit(self, X, sample_weight=None) -> "FullyVisibleMRF":
         """One update: for PL ``X`` is the minibatch; for PCD/exact ``X`` supplies the
         positive statistics of this step."""
@@ -279,12 +282,14 @@ class FullyVisibleMRF(Estimator):
             raise ValueError("sample_weight must be finite, non-negative, and not all zero")
         return w
 
+    @single_threaded_blas_on_cpu
     def log_partition(self) -> float:
         """Exact log Z by enumerating all 2^n states."""
         self._check_is_fitted("coupling_")
         return mrf_log_partition(to_numpy(self.coupling_).astype(np.float64),
                                  to_numpy(self.intercept_).astype(np.float64))
 
+    @single_threaded_blas_on_cpu
     def score_samples(self, X):
         """Exact log p(v) per row (float64 numpy)."""
         self._check_is_fitted("coupling_")
@@ -301,6 +306,7 @@ class FullyVisibleMRF(Estimator):
         w = self._check_weights(sample_weight, len(ll))
         return float((ll * w).sum() / w.sum())
 
+    @single_threaded_blas_on_cpu
     def pseudo_log_likelihood(self, X, sample_weight=None) -> float:
         self._check_is_fitted("coupling_")
         X = check_data(X, n_features=self.coupling_.shape[0]).astype(np.float64)
@@ -308,6 +314,7 @@ class FullyVisibleMRF(Estimator):
         return mrf_pseudo_log_likelihood(X, to_numpy(self.coupling_).astype(np.float64),
                                          to_numpy(self.intercept_).astype(np.float64), w)
 
+    @single_threaded_blas_on_cpu
     def sample(self, n_samples: int = 100, n_sweeps: int = 100, random_state=None):
         """Binary samples after ``n_sweeps`` sequential Gibbs sweeps from all-zero states."""
         self._check_is_fitted("coupling_")

@@ -14,6 +14,7 @@ keeps its own threading and the updates run in one thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,20 @@ def blas_single_thread():
         return
     with ctl.limit(limits=1, user_api="blas"):
         yield True
+
+
+def single_threaded_blas_on_cpu(method):
+    """Decorator for estimator methods: BLAS single-threaded while ``method`` runs, unless
+    the estimator lives on a GPU. (Under load, two BLAS threads made even tiny products
+    of the AIS loop take 0.1 s each; see the module docstring.)"""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        backend = getattr(self, "backend_", None)
+        if backend is not None and backend.name != "cpu":
+            return method(self, *args, **kwargs)
+        with blas_single_thread():
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def pool(n: int) -> ThreadPoolExecutor:

@@ -20,6 +20,7 @@ import numpy as np
 from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
 from lab.undirected import algorithms as alg
 from lab.undirected import parallel
+from lab.undirected.parallel import single_threaded_blas_on_cpu
 from lab.undirected._base import Estimator, LinearDecay, check_data, make_stream
 from lab.undirected.partition import rbm_free_energy, rbm_log_partition
 
@@ -126,13 +127,6 @@ class _RBMBase(Estimator):
             return int(self.n_jobs) if parallel.have_blas_control() else 1
         big = self.n_hidden * n_visible >= 1 << 16
         return min(2, parallel.cpu_count()) if (big and parallel.have_blas_control()) else 1
-
-    def _cpu_context(self):
-        """BLAS single-threaded during updates on the CPU (see ``parallel``)."""
-        if self.backend_.name == "cpu":
-            return parallel.blas_single_thread()
-        import contextlib  # noqa: PLC0415
-        return contextlib.nullcontext()
 
     def _log_odds(self, mean):
         xp = self._xp
@@ -281,7 +275,7 @@ class _RBMBase(Estimator):
             else:
                 bar = Progress(total_updates, f"{type(self).__name__}[{self.algorithm}]")
         try:
-            with self._cpu_context():
+            if True:
                 self._epochs(X_dev, labels, n, bs, n_batches, total_updates, schedule, start,
                              base_seconds, bar)
         finally:
@@ -340,6 +334,7 @@ class _RBMBase(Estimator):
         u = self._visible.uniforms(pre.shape[0], pre.shape[1], stream, pre.dtype)
         return self._visible.sample_(pre, u, self._xp)
 
+    @single_threaded_blas_on_cpu
     def gibbs(self, v):
         """One full Gibbs step ``v -> h -> v'`` (sampled states), as in sklearn."""
         self._check_is_fitted("components_")
@@ -350,6 +345,7 @@ class _RBMBase(Estimator):
         return self._sample_visible(alg.visible_pre(h, self.components_, self.intercept_visible_),
                                     self.random_stream_)
 
+    @single_threaded_blas_on_cpu
     def sample(self, n_samples: int = 100, n_steps: int = 1000, init=None, random_state=None,
                return_mean: bool = False):
         """Run ``n_samples`` Gibbs chains for ``n_steps`` full steps and return the final
@@ -460,6 +456,7 @@ class BinaryRBM(_RBMBase):
         n_features = self.components_.shape[1] if fitted else None
         return check_data(X, n_features=n_features, allow_probabilities=self.binarize)
 
+    @single_threaded_blas_on_cpu
     def fit(self, X, y=None) -> "BinaryRBM":
         """Train from scratch on ``X`` (n_samples, n_visible) until ``n_updates`` or
         ``max_seconds`` (10 epochs when neither is set). Returns self."""
@@ -468,6 +465,7 @@ class BinaryRBM(_RBMBase):
         self._fit_loop(X)
         return self
 
+    @single_threaded_blas_on_cpu
     def partial_fit(self, X, y=None) -> "BinaryRBM":
         """One update using all of ``X`` as the minibatch (initializes on first call).
 
@@ -479,17 +477,19 @@ class BinaryRBM(_RBMBase):
         if not fitted:
             self._initialize(X.shape[1], data_mean=X.mean(axis=0))
         start = time.perf_counter()
-        with self._lock, self._cpu_context():
+        with self._lock:
             self._update(self._prepare_batch(X))
             self.train_seconds_ += time.perf_counter() - start
         return self
 
+    @single_threaded_blas_on_cpu
     def transform(self, X):
         """Hidden activation probabilities P(h = 1 | v = X)."""
         self._check_is_fitted("components_")
         X = check_data(X, n_features=self.components_.shape[1], allow_probabilities=True)
         return self._hidden_mean(self.backend_.asarray(X, dtype=DEFAULT_FLOAT))
 
+    @single_threaded_blas_on_cpu
     def free_energy(self, X):
         """F(v) = -log sum_h exp(-E(v, h)) per row, float64."""
         self._check_is_fitted("components_")
@@ -498,6 +498,7 @@ class BinaryRBM(_RBMBase):
         return to_numpy(rbm_free_energy(X, self.components_, self.intercept_visible_,
                                         self.intercept_hidden_))
 
+    @single_threaded_blas_on_cpu
     def log_partition(self, method: str = "exact", *, n_runs: int = 100, betas=None,
                       base_rate=None, random_state=None, threads: int | None = None) -> LogPartition:
         """``log Z`` by enumerating the smaller layer (``"exact"``) or by AIS (``"ais"``,
@@ -526,6 +527,7 @@ class BinaryRBM(_RBMBase):
             return LogPartition(res.log_z, res.lower, res.upper, "ais", time.perf_counter() - start)
         raise ValueError(f"method must be 'exact' or 'ais', got {method!r}")
 
+    @single_threaded_blas_on_cpu
     def score_samples(self, X, method: str = "exact", **kwargs):
         """log p(v) per row of ``X`` (float64 numpy), with log Z exact or from AIS."""
         log_z = self.log_partition(method, **kwargs).value
