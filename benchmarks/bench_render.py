@@ -193,15 +193,15 @@ def main(argv=None):
         finally:
             torch.set_num_threads(torch_threads)
 
-    from lab.graphics import acr  # noqa: PLC0415
-    ours_threads = acr.RENDER_THREADS
+    from lab.graphics import threads  # noqa: PLC0415
+    ours_threads = threads.RENDER_THREADS
 
     def ours_1thread(p):
-        acr.set_render_threads(1)
+        threads.set_render_threads(1)
         try:
             ours_step(p)
         finally:
-            acr.set_render_threads(ours_threads)
+            threads.set_render_threads(ours_threads)
 
     # ours and torch each with their default threads (the comparison asked for), and each
     # with one thread (informative: on a busy machine threads compete with other jobs)
@@ -255,9 +255,9 @@ def main(argv=None):
     for name, run in (("parts poses (thesis-like)", main_run), ("filling poses (worst case)", filling)):
         print(f"{name}: median of {run['repeats']}")
         for k in sides:
-            threads = 1 if k.endswith("1thread") else (ours_threads if k == "ours" else torch_threads)
+            nthreads = 1 if k.endswith("1thread") else (ours_threads if k == "ours" else torch_threads)
             print(f"  {k:14s} {run['median_s'][k] * 1e3:7.1f} ms  ({run['images_per_s'][k]:6.0f} images/s)"
-                  f"  threads={threads}")
+                  f"  threads={nthreads}")
         print(f"  speedup vs torch: {run['speedup_vs_torch']:.2f}x (both 1 thread: "
               f"{run['speedup_1thread_vs_torch_1thread']:.2f}x)   load "
               f"{tuple(round(x, 2) for x in run['loadavg_before'])} -> "

@@ -85,23 +85,23 @@ def test_render_gradcheck_with_empty_canvases_and_many_chunks(monkeypatch, dense
 
 
 def test_render_threads_give_identical_results():
-    from lab.graphics import acr
+    from lab.graphics import threads
     rng = np.random.default_rng(13)
     t = rng.uniform(0, 1, (5, 11, 11)).astype(np.float32)
     m = g.nice_to_matrix(_poses(rng, 30, 5)).data.astype(np.float32)
     i = rng.uniform(0, 1, (30, 5)).astype(np.float32)
     w = rng.standard_normal((30, 5, 28, 28)).astype(np.float32)
     results = []
-    old = acr.RENDER_THREADS
+    old = threads.RENDER_THREADS
     try:
-        for threads in (1, 2, 3):
-            acr.set_render_threads(threads)
+        for n in (1, 2, 3):
+            threads.set_render_threads(n)
             xs = [Tensor(a, requires_grad=True) for a in (t, m, i)]
             y = g.render_templates(*xs)
             (y * w).sum().backward()
             results.append([y.data] + [x.grad for x in xs])
     finally:
-        acr.set_render_threads(old)
+        threads.set_render_threads(old)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
@@ -111,9 +111,9 @@ def test_render_threads_give_identical_results():
 def test_render_works_in_a_forked_child():
     """A forked child inherits the thread pool object but not its threads."""
     import os
-    from lab.graphics import acr
-    old = acr.RENDER_THREADS
-    acr.set_render_threads(2)
+    from lab.graphics import threads
+    old = threads.RENDER_THREADS
+    threads.set_render_threads(2)
     try:
         t = np.random.default_rng(14).uniform(0, 1, (3, 5, 5))
         m = g.nice_to_matrix(np.tile(np.array(g.IDENTITY_NICE), (2, 3, 1))).data
@@ -125,7 +125,7 @@ def test_render_works_in_a_forked_child():
         _, status = os.waitpid(pid, 0)
         assert status == 0
     finally:
-        acr.set_render_threads(old)
+        threads.set_render_threads(old)
 
 
 def test_render_without_gradients_keeps_no_state():

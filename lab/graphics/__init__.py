@@ -7,6 +7,7 @@ Components, each under its thesis name (one module per idea):
     migp    MIGP (fig. 2.8): CC-in-world x AC-in-CC iGeo poses
     acr     ACR (fig. 2.3): the fused render op with a hand-written backward
     om      OM (2.3.3): sum, max, maxSoft, maxSemiSoft and the listed alternatives
+    threads the render threads (``set_render_threads``, ``$LAB_RENDER_THREADS``)
 
 Data flow of a capsule decoder (figs 2.6, 2.7, 2.12)::
 
@@ -15,10 +16,11 @@ Data flow of a capsule decoder (figs 2.6, 2.7, 2.12)::
 
 See ``lab.graphics.frames`` for the coordinate conventions.
 """
-from lab.graphics.acr import render_templates, set_render_threads
+from lab.graphics.acr import render_templates
 from lab.graphics.frames import FILL_DETERMINANT, canvas_points, pixel_centres
 from lab.graphics.migp import compose
 from lab.graphics.ntm import IDENTITY_NICE, determinant, igeo_nice_to_igeo, nice_to_matrix
+from lab.graphics.threads import set_render_threads
 from lab.graphics.om import OUTPUT_MODELS, SEMI_SOFT_SHARPNESS, max_semi_soft, output_model
 
 __all__ = ["FILL_DETERMINANT", "IDENTITY_NICE", "OUTPUT_MODELS", "SEMI_SOFT_SHARPNESS",

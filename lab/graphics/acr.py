@@ -30,21 +30,20 @@ backward
     matrices: ``d loss/du = g (c2 + c3 wv)`` and ``d loss/dv = g (c1 + c3 wu)`` times
     the pixel coordinates ``(p0, p1, 1)`` (per-canvas sums); intensities: ``Σ gy · value``.
 
-Templates are shared out among ``RENDER_THREADS`` worker threads (numpy releases the
-GIL in its loops; results are identical for any thread count).
+Templates are shared out among the render threads (``lab.graphics.threads``; numpy
+releases the GIL in its loops; results are identical for any thread count).
 Float32 inputs are computed in float32; any float64 input makes the whole op float64
 (used by the gradient checks). The CPU path uses numpy only.
 """
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from lab.autodiff import Function, Tensor, grad_enabled, register_op
 from lab.graphics.frames import as_size, pixel_centres
+from lab.graphics.threads import parallel_map
 
 _PAD = 2  # zero template pixels on each side: room to clip coordinates into (dense chunks)
 
@@ -55,42 +54,7 @@ DENSE_FRACTION = 0.5
 #: Output pixels per chunk (whole canvases of one template): work arrays stay in cache.
 CHUNK_PIXELS = 1 << 17
 
-#: Worker threads (templates are split among them); numpy releases the GIL inside its
-#: loops, so on an idle multi-core CPU two threads nearly halve the time. Set with
-#: ``set_render_threads`` or ``$LAB_RENDER_THREADS``; 1 runs everything in the caller.
-RENDER_THREADS = max(1, int(os.environ.get("LAB_RENDER_THREADS", min(2, os.cpu_count() or 1))))
-
 _workspace = threading.local()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_pid = 0
-
-
-def set_render_threads(n: int) -> None:
-    """Use ``n`` worker threads for ``render_templates`` (1: no threads)."""
-    global RENDER_THREADS
-    RENDER_THREADS = max(1, int(n))
-
-
-def _map(fn, items):
-    """``[fn(x) for x in items]``, on the render threads when there are several."""
-    global _pool, _pool_size
-    items = list(items)
-    if RENDER_THREADS <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    global _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_size != RENDER_THREADS or _pool_pid != os.getpid():
-            if _pool is not None and _pool_pid == os.getpid():
-                _pool.shutdown(wait=False)
-            # (a forked child inherits the pool object but not its threads: make a new one)
-            _pool, _pool_size = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render"), RENDER_THREADS
-            _pool_pid = os.getpid()
-        pool = _pool
-    return list(pool.map(fn, items))
-
-
-_pool_lock = threading.Lock()
 
 
 def _buffer(xp, name, shape, dtype):
@@ -257,7 +221,7 @@ class RenderTemplates(Function):
         self.step = step = max(1, CHUNK_PIXELS // N)
 
         y = xp.zeros((B, K, H, W), dtype=dt)
-        per_k = _map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
+        per_k = parallel_map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
         self.chunks = per_k if self.need_grad else None
         return y
 
@@ -299,7 +263,7 @@ class RenderTemplates(Function):
         g_int = xp.zeros((B, K), dtype=dt) if need_i else None
         g_tab = xp.zeros((K, 4, R * C), dtype=dt) if need_t else None
         gyflat = xp.ascontiguousarray(gy, dtype=dt).reshape(-1)
-        _map(lambda k: self._backward_k(xp, k, gyflat, g_m, g_int, g_tab), range(K))
+        parallel_map(lambda k: self._backward_k(xp, k, gyflat, g_m, g_int, g_tab), range(K))
 
         g_t = None
         if need_t:   # cell-polynomial gradients -> template pixel gradients

@@ -26,7 +26,7 @@ import numpy as np
 
 from lab.autodiff import Function, Tensor, max as ad_max, logsumexp, register_op, sigmoid
 from lab.autodiff import softplus10, sum as ad_sum
-from lab.graphics.acr import _map
+from lab.graphics.threads import parallel_map
 
 #: Sharpness of maxSemiSoft (thesis 2.3.3: exp(a * 100)).
 SEMI_SOFT_SHARPNESS = 100.0
@@ -72,7 +72,7 @@ class MaxSemiSoft(Function):
             out /= self.beta
             out += m
 
-        _map(chunk, range(0, outer, step))        # on the render threads (disjoint slices)
+        parallel_map(chunk, range(0, outer, step))        # on the render threads (disjoint slices)
         self.weights = weights
         return y.reshape(a.shape[:ax] + a.shape[ax + 1:])
 
