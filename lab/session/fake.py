@@ -86,7 +86,7 @@ class FakeCapsuleModel:
         rng = np.random.default_rng(seed)
         self.params = {
             "templates": rng.uniform(0, 1, (self.K, 1, self.T, self.T)).astype(np.float32),
-            "enc": (rng.standard_normal((image_size * image_size, self.C * (7 + self.D)))
+            "enc": (rng.standard_normal((image_size * image_size, self.C * (8 + self.D)))
                     * 0.05).astype(np.float32),
             "offsets": rng.uniform(-0.5, 0.5, (self.C, self.K, 2)).astype(np.float32),
             "dist": (rng.standard_normal((self.C, self.D, self.K, 2)) * 0.2).astype(np.float32),
@@ -105,14 +105,15 @@ class FakeCapsuleModel:
     def encode(self, images):
         from lab.capsules.code import CapsuleCode  # noqa: PLC0415
         x = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
-        h = np.tanh(x @ self.params["enc"]).reshape(len(x), self.C, 7 + self.D)
+        h = np.tanh(x @ self.params["enc"]).reshape(len(x), self.C, 8 + self.D)
         logits = h[:, :, 0] * 5
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         mixture = e / e.sum(axis=1, keepdims=True)
+        # pose layout of lab.capsules.code: [intensity, t0, t1, s0, s1, z, theta]
         poses = np.concatenate([np.abs(h[:, :, 1:2]) + 0.5, 0.3 * h[:, :, 2:4],
-                                h[:, :, 4:7] * 0.1], axis=2).astype(np.float32)
+                                h[:, :, 4:8] * 0.1], axis=2).astype(np.float32)
         return CapsuleCode(mixture=mixture.astype(np.float32), poses=poses,
-                           distortions=h[:, :, 7:].astype(np.float32), logits=logits)
+                           distortions=h[:, :, 8:].astype(np.float32), logits=logits)
 
     def _render_one(self, pose, dist, c):
         yy, xx = np.mgrid[0:self.size, 0:self.size].astype(np.float32)

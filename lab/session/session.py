@@ -190,6 +190,11 @@ class TrainingSession:
         return self._step
 
     @property
+    def busy(self) -> bool:
+        """True while a step runs (after ``pause(wait=False)`` the last step may still run)."""
+        return self._busy
+
+    @property
     def read_only(self) -> bool:
         return self._state == "attached"
 
@@ -200,6 +205,7 @@ class TrainingSession:
     def stats(self) -> dict:
         """A small status dict for a dashboard's status line."""
         return {"name": self.name, "kind": self.kind, "state": self._state, "step": self._step,
+                "busy": self._busy,
                 "steps_per_second": self._rate, "snapshot_version": self._version,
                 "subscribers": len(self._subscribers), "error": self.error,
                 "checkpoints": [str(p) for p in self.checkpoints[-3:]]}
