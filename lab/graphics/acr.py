@@ -150,7 +150,7 @@ class RenderTemplates(Function):
             w = uv - f
             pos = None
         else:
-            w = xp.take(uv, pos, axis=1)              # (2, n_in) coordinates, then fractions
+            w = xp.take(uv, pos, axis=1, mode="clip")  # (2, n_in) coordinates, then fractions
             f = xp.floor(w)
             w -= f
         f[0] *= self.C
@@ -163,7 +163,8 @@ class RenderTemplates(Function):
         cbuf = _buffer(xp, "c", (self.step * self.N, 4), self.dt)[:n]
         c4 = _buffer(xp, "c4", (4, self.step * self.N), self.dt)[:, :n]
         # one gather fetches a cell's 4 polynomial coefficients (an opaque 4-number item);
-        # the indices are in range by construction, and mode="clip" skips the bounds check
+        # indices here are in range by construction: mode="clip" (used throughout) only
+        # skips numpy's bounds check, which costs half the time of a gather
         xp.take(self.table[k], idx, out=cbuf.view(self.item).reshape(-1), mode="clip")
         c4[...] = cbuf.T                              # contiguous coefficients: faster arithmetic below
         c0, c1, c2, c3 = c4
@@ -249,7 +250,7 @@ class RenderTemplates(Function):
             val = xp.empty(pos.size, dtype=dt)
             self._gather(xp, k, idx, w, False, val)
             val *= xp.repeat(self.intensity[a:b, k], counts)
-            xp.put(yflat, gpos, val)
+            yflat[gpos] = val
             if self.need_grad:
                 chunks.append((a, b, gpos, pix, bounds, w, idx))
         return chunks
@@ -303,7 +304,7 @@ class RenderTemplates(Function):
                     g_m[a:b, k, :2] = scale * xp.einsum("rcn,jn->crj", duv.reshape(2, b - a, N), self.basis)
             else:
                 counts = xp.diff(bounds)
-                gin = xp.take(gyflat, gpos)                   # d loss / d y at the inside pixels
+                gin = xp.take(gyflat, gpos, mode="clip")      # d loss / d y at the inside pixels
                 g = gin * xp.repeat(self.intensity[a:b, k], counts)   # ... / d unscaled value
                 duv = self._gather(xp, k, idx, w, need_m, val)
             if gpos is not None and (need_m or need_i):
@@ -315,9 +316,9 @@ class RenderTemplates(Function):
                 if need_m:
                     duv *= g
                     for r, d in enumerate(duv):
-                        xp.take(self.basis[0], pix, out=X[3 * r, :n])
+                        xp.take(self.basis[0], pix, out=X[3 * r, :n], mode="clip")
                         X[3 * r, :n] *= d
-                        xp.take(self.basis[1], pix, out=X[3 * r + 1, :n])
+                        xp.take(self.basis[1], pix, out=X[3 * r + 1, :n], mode="clip")
                         X[3 * r + 1, :n] *= d
                         X[3 * r + 2, :n] = d
                 else:
