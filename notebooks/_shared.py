@@ -152,3 +152,43 @@ def data_for(model_or_config) -> dict:
 def summary(run: Path) -> dict:
     p = Path(run) / "summary.json"
     return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def experiment(name: str, mode: str | None = None, rerun: bool = False, **kwargs) -> dict:
+    """Run chapter 3's experiment ``name`` (``lab.undirected.experiments``) and return its dict.
+
+    ``kwargs`` go to the experiment function; any it does not take are reported and left
+    out (smoke mode asks for smaller models where the function allows it). Results of
+    default/full runs are cached in ``runs/notebook-undirected/<mode>/<name>.json`` by
+    their arguments; smoke runs always run.
+    """
+    import inspect
+    from lab.undirected import experiments as ex
+    mode = mode or get_mode()
+    fn = ex.EXPERIMENTS[name]
+    accepted = inspect.signature(fn).parameters
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        print(f"note: {fn.__name__} takes no {', '.join(unknown)}; using its defaults")
+    call = {k: v for k, v in kwargs.items() if k in accepted}
+    cache = RUNS / "notebook-undirected" / mode / f"{name}.json"
+    key = json.dumps(call, sort_keys=True, default=str)
+    if mode != "smoke" and not rerun and cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("notebook_call") == key:
+            print(f"reusing {cache.relative_to(REPO)} (rerun=True to train again)")
+            return stored
+    t0 = time.monotonic()
+    result = fn(**call)
+    result["wall_seconds"] = round(time.monotonic() - t0, 1)
+    result["notebook_call"] = key
+    if mode != "smoke":
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result, default=_jsonable))
+    return result
+
+
+def _jsonable(o):
+    if hasattr(o, "tolist"):      # numpy arrays and scalars
+        return o.tolist()
+    raise TypeError(f"not JSON-able: {type(o)}")
