@@ -128,6 +128,17 @@ def test_render_works_in_a_forked_child():
         threads.set_render_threads(old)
 
 
+def test_non_finite_pose_renders_nan_only_on_its_canvas():
+    rng = np.random.default_rng(15)
+    t = rng.uniform(0, 1, (2, 5, 5))
+    m = g.nice_to_matrix(_poses(rng, 3, 2)).data
+    m[1, 0, 0, 1] = np.nan
+    m[2, 1, 1, 2] = np.inf
+    y = g.render_templates(t, m, np.ones((3, 2)), 8).data
+    assert np.isnan(y[1, 0]).all() and np.isnan(y[2, 1]).all()
+    assert np.isfinite(y[0]).all() and np.isfinite(y[1, 1]).all() and np.isfinite(y[2, 0]).all()
+
+
 def test_render_without_gradients_keeps_no_state():
     rng = np.random.default_rng(12)
     t = Tensor(rng.uniform(0, 1, (2, 5, 5)), requires_grad=True)

@@ -222,7 +222,12 @@ class RenderTemplates(Function):
         self.step = step = max(1, CHUNK_PIXELS // N)
 
         y = xp.zeros((B, K, H, W), dtype=dt)
-        per_k = parallel_map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
+        with np.errstate(invalid="ignore"):      # NaN coordinates cast to cells: see below
+            per_k = parallel_map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
+        # a non-finite pose must show (NaN), not vanish as a footprint outside the canvas
+        bad = ~xp.isfinite(m[:, :, :2, :]).all(axis=(2, 3))
+        if bad.any():
+            y[bad] = xp.nan
         self.chunks = per_k if self.need_grad else None
         return y
 
