@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 import lab.autodiff as ad
+import lab.capsules  # noqa: F401  (registers its ops: every registered op is checked here)
+import lab.graphics  # noqa: F401
 from lab.autodiff import Function, Tensor, gradcheck
 
 # What the thesis models need (issue 2); the registry must hold at least these.
