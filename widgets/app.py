@@ -23,6 +23,7 @@ os.environ.setdefault("BOKEH_RESOURCES", "server")
 import panel as pn  # noqa: E402
 
 from lab.session import TrainingSession  # noqa: E402
+from widgets.panes import button, labelled  # noqa: E402
 from widgets.views import TemplateHistory  # noqa: E402
 
 CAPSULE_SNAPSHOT = {"snapshot_every": 1, "snapshot_interval": 2.0}
@@ -172,9 +173,9 @@ def _capsule_tab(state: DashboardState, components: list, controls: list):
         return pn.Column(ctl.view, pn.pane.Alert(
             f"The capsule autoencoder is {slot.note or 'not available'}. "
             "The RBM tab works without it.", alert_type="warning", css_classes=["capsules-unavailable"]))
-    config = pn.widgets.Select(name="config", options=state.capsule_configs or ["-"],
+    config = labelled(pn.widgets.Select, "config", options=state.capsule_configs or ["-"],
                                value=state.capsule_config or None, width=200)
-    restart = pn.widgets.Button(name="Restart with config", width=160, css_classes=["capsules-restart"])
+    restart = button("Restart with config", width=160, css_classes=["capsules-restart"])
 
     def do_restart(event):
         ctl.message.object = f"starting `{config.value}` ..."
@@ -240,10 +241,10 @@ def build_app(state: DashboardState | None = None, period_ms: int = 300):
     tabs = pn.Tabs(("Capsule autoencoder", _capsule_tab(state, components, controls)),
                    ("RBM (FPCD)", _rbm_tab(state, components, controls)), dynamic=False,
                    css_classes=["main-tabs"])
-    path = pn.widgets.TextInput(name="checkpoint (.npz)", placeholder="path/to/ckpt-000001234.npz",
+    path = labelled(pn.widgets.TextInput, "checkpoint (.npz)", placeholder="path/to/ckpt-000001234.npz",
                                 width=420)
-    view_only = pn.widgets.Checkbox(name="read-only (attach, no training)", value=False)
-    load = pn.widgets.Button(name="Load checkpoint", width=140, css_classes=["load-checkpoint"])
+    view_only = labelled(pn.widgets.Checkbox, "read-only (attach, no training)", value=False)
+    load = button("Load checkpoint", width=140, css_classes=["load-checkpoint"])
     message = pn.pane.Markdown("", css_classes=["app-message"], width=800)
 
     def do_load(event):

@@ -27,6 +27,19 @@ from widgets.views import (DistortionExplorer, MixtureView, RBMView, Reconstruct
 
 ROLLOVER = 5000
 
+
+def labelled(cls, text: str, **kwargs):
+    """A Panel widget labelled ``text``: ``label`` where Panel has it (``name`` is deprecated
+    there), ``name`` on older Panel; likewise ``color`` for ``button_type``."""
+    key = "label" if "label" in cls.param else "name"
+    if "button_type" in kwargs and "color" in cls.param:
+        kwargs["color"] = kwargs.pop("button_type")
+    return cls(**{key: text}, **kwargs)
+
+
+def button(text: str, **kwargs) -> pn.widgets.Button:
+    return labelled(pn.widgets.Button, text, **kwargs)
+
 # Curves get their lines when their metric first appears; an empty plot is expected.
 silence(MISSING_RENDERERS, True)
 
@@ -112,14 +125,14 @@ class SessionControls:
         self.slot = slot
         self.prefix = prefix
         self.status = pn.pane.Markdown("", css_classes=[f"{prefix}-status"], width=520)
-        self.start = pn.widgets.Button(name="Start", button_type="success", width=80,
+        self.start = button("Start", button_type="success", width=80,
                                        css_classes=[f"{prefix}-start"])
-        self.pause = pn.widgets.Button(name="Pause", button_type="warning", width=80,
+        self.pause = button("Pause", button_type="warning", width=80,
                                        css_classes=[f"{prefix}-pause"])
-        self.resume = pn.widgets.Button(name="Resume", button_type="primary", width=80,
+        self.resume = button("Resume", button_type="primary", width=80,
                                         css_classes=[f"{prefix}-resume"])
-        self.step = pn.widgets.Button(name="Step", width=70, css_classes=[f"{prefix}-step"])
-        self.save = pn.widgets.Button(name="Save checkpoint", width=130, css_classes=[f"{prefix}-save"])
+        self.step = button("Step", width=70, css_classes=[f"{prefix}-step"])
+        self.save = button("Save checkpoint", width=130, css_classes=[f"{prefix}-save"])
         self.message = pn.pane.Markdown("", css_classes=[f"{prefix}-message"], width=520)
         self.start.on_click(lambda e: self._do("start"))
         self.pause.on_click(lambda e: self._do("pause"))
@@ -196,9 +209,9 @@ class TemplatesPanel:
     def __init__(self, slot):
         self.slot = slot
         self.image = ImageFigure("Templates", "templates", width=320, height=260)
-        self.slider = pn.widgets.IntSlider(name="frame (drag to go back in time)", start=0, end=1,
+        self.slider = labelled(pn.widgets.IntSlider, "frame (drag to go back in time)", start=0, end=1,
                                            value=0, width=300, css_classes=["template-slider"])
-        self.follow = pn.widgets.Checkbox(name="follow the newest", value=True)
+        self.follow = labelled(pn.widgets.Checkbox, "follow the newest", value=True)
         self.label = pn.pane.Markdown("", width=300)
         self.slider.param.watch(self._scrub, "value")
         self.pane = pn.Column(self.image.pane, self.slider, self.follow, self.label)
@@ -281,10 +294,10 @@ class ExplorerPanel:
         self.explorer = DistortionExplorer()
         self.image = ImageFigure("Rendered by the decoder", "explorer", width=300, height=300)
         self.original = ImageFigure("Image", "explorer-original", width=150, height=150)
-        self.component = pn.widgets.Select(name="composite capsule", options={"-": 0}, width=160)
-        self.image_index = pn.widgets.IntSlider(name="image", start=0, end=63, value=0, width=160)
+        self.component = labelled(pn.widgets.Select, "composite capsule", options={"-": 0}, width=160)
+        self.image_index = labelled(pn.widgets.IntSlider, "image", start=0, end=63, value=0, width=160)
         self.mode = pn.widgets.RadioButtonGroup(options=["image", "capsule"], value="image", width=160)
-        self.reload = pn.widgets.Button(name="Use latest snapshot", width=160,
+        self.reload = button("Use latest snapshot", width=160,
                                         css_classes=["explorer-reload"])
         self.timing = pn.pane.Markdown("", css_classes=["explorer-timing"], width=300)
         self.note = pn.pane.Markdown("waiting for the first snapshot...", width=300)
@@ -333,7 +346,7 @@ class ExplorerPanel:
         for ctl in self.explorer.controls():
             span = max(ctl.high - ctl.low, 1e-6)
             css = "distortion-slider" if ctl.group == "distortion" else "pose-slider"
-            s = pn.widgets.FloatSlider(name=ctl.name, start=ctl.low, end=ctl.high, value=ctl.value,
+            s = labelled(pn.widgets.FloatSlider, ctl.name, start=ctl.low, end=ctl.high, value=ctl.value,
                                        step=span / 200, width=300, css_classes=[css])
             s.param.watch(self._render, "value")
             sliders.append(s)

@@ -238,32 +238,56 @@ class RBMSessionTrainer:
         return snap
 
     # -- state: every learned attribute (sklearn's trailing underscore) --------------------
+    #: Private RBM attributes a bit-exact resume also needs (momentum, AIS base rate).
+    _PRIVATE = ("_visible_sum", "_n_seen", "_velocity")
+
     def state_dict(self):
         arrays, meta = {}, {"step": self.step_count, "pos": self._pos,
                             "stream": self.stream.get_state(), "rbm": {}, **self.metadata}
         arrays["data/order"] = np.asarray(self._order, dtype=np.int64)
+        if hasattr(self.rbm, "state_dict"):        # the estimator's own, when it has one
+            rbm_arrays, rbm_meta = self.rbm.state_dict()
+            arrays.update({f"rbm/{k}": np.array(to_numpy(v), copy=True) for k, v in rbm_arrays.items()})
+            meta["rbm_own"] = rbm_meta
+            return arrays, meta
         for name, value in vars(self.rbm).items():
+            if not (name.endswith("_") or name in self._PRIVATE) or name.startswith("__"):
+                continue
             if isinstance(value, RandomStream):
                 meta["rbm"][name] = {"__stream__": value.get_state()}
-            elif name.endswith("_") and not name.startswith("__"):
-                if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.generic):
-                    arrays[f"rbm/{name}"] = np.array(to_numpy(value), copy=True)
-                elif value is None or isinstance(value, (bool, int, float, str, np.generic)):
-                    meta["rbm"][name] = value.item() if isinstance(value, np.generic) else value
+            elif isinstance(value, list) and all(hasattr(v, "shape") for v in value):
+                for i, v in enumerate(value):
+                    arrays[f"rbmlist/{name}/{i}"] = np.array(to_numpy(v), copy=True)
+                meta["rbm"][name] = {"__list__": len(value)}
+            elif hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.generic):
+                arrays[f"rbm/{name}"] = np.array(to_numpy(value), copy=True)
+            elif value is None or isinstance(value, (bool, int, float, str, np.generic)):
+                meta["rbm"][name] = value.item() if isinstance(value, np.generic) else value
         return arrays, meta
 
     def load_state_dict(self, arrays, meta) -> None:
-        for key, value in arrays.items():
-            if key.startswith("rbm/"):
-                name = key[len("rbm/"):]
-                setattr(self.rbm, name, _to_like(value, getattr(self.rbm, name, None)))
-        for name, value in meta.get("rbm", {}).items():
-            if isinstance(value, dict) and "__stream__" in value:
-                stream = getattr(self.rbm, name, None)
-                if isinstance(stream, RandomStream):
-                    stream.set_state(value["__stream__"])
-            else:
-                setattr(self.rbm, name, value)
+        if "rbm_own" in meta and hasattr(self.rbm, "load_state_dict"):
+            self.rbm.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("rbm/")},
+                                     meta["rbm_own"])
+        else:
+            if "rbm/components_" in arrays and not hasattr(self.rbm, "components_"):
+                # create the estimator's working state (locks, streams, buffers), then overwrite
+                self.rbm._initialize(int(arrays["rbm/components_"].shape[1]))
+            for key, value in arrays.items():
+                if key.startswith("rbm/"):
+                    name = key[len("rbm/"):]
+                    setattr(self.rbm, name, _to_like(value, getattr(self.rbm, name, None)))
+            for name, value in meta.get("rbm", {}).items():
+                if isinstance(value, dict) and "__stream__" in value:
+                    stream = getattr(self.rbm, name, None)
+                    if isinstance(stream, RandomStream):
+                        stream.set_state(value["__stream__"])   # same object: others hold it
+                elif isinstance(value, dict) and "__list__" in value:
+                    old = getattr(self.rbm, name, None) or [None] * value["__list__"]
+                    setattr(self.rbm, name, [_to_like(arrays[f"rbmlist/{name}/{i}"], old[i])
+                                             for i in range(value["__list__"])])
+                else:
+                    setattr(self.rbm, name, value)
         self._order = np.asarray(arrays["data/order"])
         self._pos = int(meta["pos"])
         self.stream.set_state(meta["stream"])

@@ -286,8 +286,9 @@ class TrainingSession:
             target = self._step + 1
             self._pending += 1
             self._cond.notify_all()
-            ok = self._cond.wait_for(lambda: self._step >= target or self._state == "failed"
-                                     or self._stop_requested, timeout)
+            # not busy: the step's snapshot and checkpoint (if due) are published too
+            ok = self._cond.wait_for(lambda: (self._step >= target and not self._busy)
+                                     or self._state == "failed" or self._stop_requested, timeout)
             if self._state == "failed":
                 raise RuntimeError(f"the trainer failed:\n{self.error}")
             if not ok:
@@ -336,8 +337,8 @@ class TrainingSession:
 
     def wait_for_step(self, step: int, timeout: float | None = 30.0) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self._step >= step or self._state in
-                                       ("failed", "stopped", "finished"), timeout) and self._step >= step
+            return self._cond.wait_for(lambda: (self._step >= step and not self._busy) or self._state
+                                       in ("failed", "stopped", "finished"), timeout) and self._step >= step
 
     # -- the training thread ---------------------------------------------------------------
     def _run(self) -> None:
