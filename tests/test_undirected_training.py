@@ -5,7 +5,7 @@ import pytest
 from lab.undirected import BinaryRBM, ClassificationRBM, FullyVisibleMRF
 from lab.undirected import algorithms as alg
 from lab.undirected.mrf import mrf_pl_gradient, mrf_pseudo_log_likelihood, unique_patterns
-from lab.undirected.partition import mrf_log_partition, mrf_log_potential, rbm_log_partition
+from lab.undirected.partition import mrf_log_partition, mrf_log_potential
 
 
 def toy_data(n=500, n_visible=12, n_protos=3, noise=0.05, seed=0, labels=False):
@@ -177,6 +177,20 @@ def test_every_mrf_trainer_raises_exact_likelihood(algorithm, lr):
     assert np.array_equal(W, W.T) and not np.any(np.diag(W))
 
 
+def test_mrf_exact_lbfgs_reaches_the_maximum_likelihood():
+    X = toy_data(300, n_visible=8, noise=0.1)
+    slow = FullyVisibleMRF(algorithm="exact", learning_rate=0.3, momentum=0.5,
+                           learning_rate_schedule="constant", n_updates=300).fit(X)
+    fast = FullyVisibleMRF(algorithm="exact", exact_optimizer="lbfgs", bias_init="data",
+                           n_updates=60).fit(X)
+    assert fast.n_updates_ <= 60
+    assert fast.score(X) >= slow.score(X) - 1e-3
+    W = fast.coupling_
+    assert np.array_equal(W, W.T) and not np.any(np.diag(W))
+    with pytest.raises(ValueError, match="exact_optimizer"):
+        FullyVisibleMRF(algorithm="exact", exact_optimizer="newton", n_updates=1).fit(X)
+
+
 def test_mrf_weighted_patterns_equal_repeated_rows():
     X = toy_data(300, n_visible=9, noise=0.1)
     rows, counts = unique_patterns(X)
@@ -240,13 +254,12 @@ def test_linear_decay_schedule_and_state():
 
 
 def test_classification_rbm_predicts_the_exact_conditional():
-    rng = np.random.default_rng(0)
     X = toy_data(300, n_visible=6, n_protos=3, seed=5)
     y = (X[:, 0] + 2 * X[:, 1]).astype(int) % 3
     clf = ClassificationRBM(5, algorithm="pcd", learning_rate=0.1, n_updates=200, random_state=0)
     clf.fit(X, y)
     # brute force p(y | x): sum over all hidden states of exp(-E(x, y, h))
-    nf, K = 6, 3
+    K = 3
     W = clf.components_.astype(np.float64)
     b = clf.intercept_visible_.astype(np.float64)
     c = clf.intercept_hidden_.astype(np.float64)

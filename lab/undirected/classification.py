@@ -162,7 +162,7 @@ class ClassificationRBM(_RBMBase):
         self._check_is_fitted("components_")
         X = check_data(X, n_features=self.n_features_, allow_probabilities=True)
         xp = self._xp
-        K, nf = self.n_classes_, self.n_features_
+        nf = self.n_features_
         W = self.components_.astype(xp.float64)
         Wx, U = W[:, :nf], W[:, nf:]
         c = self.intercept_hidden_.astype(xp.float64)

@@ -90,6 +90,12 @@ class FullyVisibleMRF(Estimator):
     n_updates, max_seconds : run bound (whichever first); neither means 1000 updates
         for ``fit`` and a constant rate for ``partial_fit``.
     learning_rate_schedule : ``"linear"`` or ``"constant"``.
+    bias_init : ``"zero"`` or ``"data"`` (log-odds of the data means: the best model
+        without couplings, a common starting point).
+    exact_optimizer : for ``algorithm="exact"``: ``"gradient"`` (gradient ascent with the
+        learning-rate schedule and momentum) or ``"lbfgs"`` (L-BFGS on the exact
+        likelihood; each evaluation counts as an update). The exact gradient is badly
+        conditioned here: plain ascent needs hundreds of its slow steps.
     random_state, device, verbose : as for ``BinaryRBM``.
 
     Attributes
@@ -103,6 +109,7 @@ class FullyVisibleMRF(Estimator):
                  batch_size: int = 100, n_fantasy: int = 100, weight_decay: float = 0.0,
                  momentum: float = 0.0, n_updates: int | None = None,
                  max_seconds: float | None = None, learning_rate_schedule: str = "linear",
+                 bias_init: str = "zero", exact_optimizer: str = "gradient",
                  random_state=None, device: str | None = None, verbose: bool = False):
         self.algorithm = algorithm
         self.learning_rate = learning_rate
@@ -113,12 +120,18 @@ class FullyVisibleMRF(Estimator):
         self.n_updates = n_updates
         self.max_seconds = max_seconds
         self.learning_rate_schedule = learning_rate_schedule
+        self.bias_init = bias_init
+        self.exact_optimizer = exact_optimizer
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
 
     # -- state ---------------------------------------------------------------------
-    def _initialize(self, n_units: int) -> None:
+    def _initialize(self, n_units: int, data_mean=None) -> None:
+        if self.bias_init not in ("zero", "data"):
+            raise ValueError(f"bias_init must be 'zero' or 'data', got {self.bias_init!r}")
+        if self.exact_optimizer not in ("gradient", "lbfgs"):
+            raise ValueError(f"exact_optimizer must be 'gradient' or 'lbfgs', got {self.exact_optimizer!r}")
         if self.algorithm not in MRF_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {MRF_ALGORITHMS}, got {self.algorithm!r}")
         if self.algorithm == "exact" and n_units > 30:
@@ -129,6 +142,9 @@ class FullyVisibleMRF(Estimator):
         self.n_features_in_ = n_units
         self.coupling_ = xp.zeros((n_units, n_units), dtype=DEFAULT_FLOAT)
         self.intercept_ = xp.zeros(n_units, dtype=DEFAULT_FLOAT)
+        if self.bias_init == "data" and data_mean is not None:
+            p = np.clip(np.asarray(to_numpy(data_mean), np.float64), 1e-3, 1 - 1e-3)
+            self.intercept_ = xp.asarray(np.log(p / (1 - p)), dtype=DEFAULT_FLOAT)
         self.fantasy_particles_ = (xp.zeros((self.n_fantasy, n_units), dtype=DEFAULT_FLOAT)
                                    if self.algorithm == "pcd" else None)
         self._velocity = ([xp.zeros_like(self.coupling_), xp.zeros_like(self.intercept_)]
@@ -200,7 +216,10 @@ class FullyVisibleMRF(Estimator):
         the counts of distinct patterns). Returns self."""
         X = check_data(X)
         weights = self._check_weights(sample_weight, X.shape[0])
-        self._initialize(X.shape[1])
+        w = np.full(X.shape[0], 1.0 / X.shape[0]) if weights is None else weights / weights.sum()
+        self._initialize(X.shape[1], data_mean=np.asarray(to_numpy(X), np.float64).T @ w)
+        if self.algorithm == "exact" and self.exact_optimizer == "lbfgs":
+            return self._fit_lbfgs(X, weights)
         xp = self.backend_.xp
         X = self.backend_.asarray(X, dtype=DEFAULT_FLOAT)
         schedule = self.schedule_
@@ -251,6 +270,84 @@ class FullyVisibleMRF(Estimator):
         return self
 
     @single_threaded_blas_on_cpu
+    def _fit_lbfgs(self, X, weights, memory: int = 10) -> "FullyVisibleMRF":
+        """Maximize the exact likelihood with L-BFGS (two-loop recursion, backtracking
+        line search), within the run's bound of updates (evaluations) or seconds."""
+        xp = self.backend_.xp
+        n = X.shape[1]
+        iu = np.triu_indices(n, 1)
+        mean_d, second_d = (to_numpy(a) for a in data_statistics(
+            np.asarray(to_numpy(X), np.float64), weights, np))
+        wd = self.weight_decay
+
+        def unpack(theta):
+            W = np.zeros((n, n))
+            W[iu] = theta[:len(iu[0])]
+            return W + W.T, theta[len(iu[0]):]
+
+        def objective(theta):
+            """Negative mean log-likelihood (+ weight decay) and its gradient."""
+            W, b = unpack(theta)
+            log_z, mean_m, second_m = mrf_moments(W, b, dtype=np.float32)
+            ll = mean_d @ b + 0.5 * np.sum(second_d * W) - log_z - 0.5 * wd * np.sum(W[iu] ** 2)
+            grad = np.concatenate([(second_d - second_m)[iu] - wd * W[iu], mean_d - mean_m])
+            return -ll, -grad
+
+        W0, b0 = to_numpy(self.coupling_).astype(np.float64), to_numpy(self.intercept_).astype(np.float64)
+        theta = np.concatenate([W0[iu], b0])
+        limit = self.n_updates if self.schedule_.bounded() else 1000
+        start = time.perf_counter()
+
+        def out_of_budget():
+            self.train_seconds_ = time.perf_counter() - start
+            if limit is not None and self.n_updates_ >= limit:
+                return True
+            return self.max_seconds is not None and self.train_seconds_ >= self.max_seconds
+
+        f, g = objective(theta)
+        self.n_updates_ += 1
+        s_hist, y_hist = [], []
+        while not out_of_budget():
+            q = g.copy()
+            alphas = []
+            for s_, y_ in reversed(list(zip(s_hist, y_hist))):
+                a = (s_ @ q) / (y_ @ s_)
+                alphas.append(a)
+                q -= a * y_
+            if s_hist:
+                q *= (s_hist[-1] @ y_hist[-1]) / (y_hist[-1] @ y_hist[-1])
+            else:
+                q *= min(1.0, 1.0 / max(1e-12, np.abs(g).max()))
+            for (s_, y_), a in zip(zip(s_hist, y_hist), reversed(alphas)):
+                q += s_ * (a - (y_ @ q) / (y_ @ s_))
+            direction = -q
+            step, accepted = 1.0, False
+            while not out_of_budget():
+                new = theta + step * direction
+                f_new, g_new = objective(new)
+                self.n_updates_ += 1
+                if f_new <= f + 1e-4 * step * (g @ direction):
+                    accepted = True
+                    break
+                step *= 0.5
+            if not accepted:
+                break
+            s_vec, y_vec = new - theta, g_new - g
+            if s_vec @ y_vec > 1e-12:
+                s_hist.append(s_vec)
+                y_hist.append(y_vec)
+                if len(s_hist) > memory:
+                    s_hist.pop(0)
+                    y_hist.pop(0)
+            theta, f, g = new, f_new, g_new
+            W, b = unpack(theta)
+            with self._lock:
+                self.coupling_ = xp.asarray(W, dtype=DEFAULT_FLOAT)
+                self.intercept_ = xp.asarray(b, dtype=DEFAULT_FLOAT)
+            self.learning_rate_ = step
+        self.train_seconds_ = time.perf_counter() - start
+        return self
+
     def partial_fit(self, X, sample_weight=None) -> "FullyVisibleMRF":
         """One update: for PL ``X`` is the minibatch; for PCD/exact ``X`` supplies the
         positive statistics of this step."""
@@ -258,7 +355,7 @@ class FullyVisibleMRF(Estimator):
         X = check_data(X, n_features=self.coupling_.shape[0] if fitted else None)
         weights = self._check_weights(sample_weight, X.shape[0])
         if not fitted:
-            self._initialize(X.shape[1])
+            self._initialize(X.shape[1], data_mean=np.asarray(X, np.float64).mean(axis=0))
         xp = self.backend_.xp
         start = time.perf_counter()
         V = self.backend_.asarray(X, dtype=DEFAULT_FLOAT)

@@ -255,59 +255,50 @@ class _RBMBase(Estimator):
 
     # -- public training API ------------------------------------------------------
     def _fit_loop(self, X, labels=None) -> None:
-        """Minibatch passes over ``X`` until the schedule's bound is reached."""
-        xp = self._xp
+        """Minibatch passes over ``X`` until the schedule's bound is reached (10 epochs
+        at a constant rate when the run has no bound, as sklearn's default)."""
         X_dev = self.backend_.asarray(X, dtype=DEFAULT_FLOAT)
         n = X_dev.shape[0]
         bs = min(self.batch_size, n)
         n_batches = max(1, n // bs)
         schedule = self.schedule_
-        total_updates = self.n_updates
-        if not schedule.bounded():
-            total_updates = 10 * n_batches          # sklearn's default of 10 epochs
-        start = time.perf_counter()
-        base_seconds = self.train_seconds_
+        limit = self.n_updates if schedule.bounded() else 10 * n_batches
         bar = None
         if self.verbose:
             from lab.progress import Progress  # noqa: PLC0415
-            if self.max_seconds is not None and self.n_updates is None:
-                bar = Progress(self.max_seconds, f"{type(self).__name__}[{self.algorithm}]", unit="s")
-            else:
-                bar = Progress(total_updates, f"{type(self).__name__}[{self.algorithm}]")
+            name = f"{type(self).__name__}[{self.algorithm}]"
+            bar = (Progress(self.max_seconds, name, unit="s")
+                   if self.max_seconds is not None and self.n_updates is None
+                   else Progress(limit, name))
+        start, base_seconds = time.perf_counter(), self.train_seconds_
         try:
-            if True:
-                self._epochs(X_dev, labels, n, bs, n_batches, total_updates, schedule, start,
-                             base_seconds, bar)
+            for idx in self._minibatch_indices(n, bs, n_batches):
+                self.train_seconds_ = base_seconds + time.perf_counter() - start
+                if limit is not None and self.n_updates_ >= limit:
+                    break
+                if schedule.bounded() and schedule.progress(self.n_updates_, self.train_seconds_) >= 1:
+                    break
+                v = X_dev[idx]
+                if self.binarize:
+                    v = alg.bernoulli(v, self.random_stream_)
+                with self._lock:
+                    self._update(self._with_labels(v, labels, idx))
+                if bar is not None:
+                    bar.set(self.train_seconds_ if bar.unit == "s" else self.n_updates_,
+                            lr=self.learning_rate_)
         finally:
             self.train_seconds_ = base_seconds + time.perf_counter() - start
             if bar is not None:
                 bar.close()
 
-    def _epochs(self, X_dev, labels, n, bs, n_batches, total_updates, schedule, start,
-                base_seconds, bar) -> None:
+    def _minibatch_indices(self, n, bs, n_batches):
+        """Endless epochs of shuffled minibatch indices (an incomplete last batch is skipped)."""
         xp = self._xp
-        if True:
-            while True:
-                order = self.random_stream_.permutation(n)
-                for k in range(n_batches):
-                    self.train_seconds_ = base_seconds + time.perf_counter() - start
-                    if self.n_updates_ >= (total_updates if total_updates is not None else np.inf):
-                        return
-                    if schedule.bounded() and schedule.progress(self.n_updates_, self.train_seconds_) >= 1:
-                        return
-                    idx = order[k * bs:(k + 1) * bs]
-                    if xp is not np:
-                        idx = xp.asarray(idx)
-                    v = X_dev[idx]
-                    if self.binarize:
-                        v = alg.bernoulli(v, self.random_stream_)
-                    with self._lock:
-                        self._update(self._with_labels(v, labels, idx))
-                    if bar is not None:
-                        if bar.unit == "s":
-                            bar.set(self.train_seconds_, lr=self.learning_rate_)
-                        else:
-                            bar.set(self.n_updates_, lr=self.learning_rate_)
+        while True:
+            order = self.random_stream_.permutation(n)
+            for k in range(n_batches):
+                idx = order[k * bs:(k + 1) * bs]
+                yield idx if xp is np else xp.asarray(idx)
 
     def _with_labels(self, v, labels, idx):
         return v
@@ -338,7 +329,6 @@ class _RBMBase(Estimator):
     def gibbs(self, v):
         """One full Gibbs step ``v -> h -> v'`` (sampled states), as in sklearn."""
         self._check_is_fitted("components_")
-        xp = self._xp
         v = check_data(v, n_features=self.components_.shape[1], name="v")
         v = self.backend_.asarray(v, dtype=DEFAULT_FLOAT)
         h = alg.bernoulli(self._hidden_mean(v), self.random_stream_)

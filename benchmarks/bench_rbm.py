@@ -1,0 +1,186 @@
+"""Benchmark the RBM code of lab.undirected against scikit-learn, in one run.
+
+1. PCD-1 updates per second on MNIST, 784x500, minibatches of 100: ``lab.undirected.
+   BinaryRBM`` vs ``sklearn.neural_network.BernoulliRBM`` (float32 input, same data),
+   interleaved repetitions, in two configurations:
+     * ``defaults``: each library as it comes (sklearn: BLAS with its default threads;
+       ours: two worker threads over the hidden/visible units, BLAS single-threaded);
+     * ``blas_1_thread``: BLAS limited to one thread for both, and ours with n_jobs=1
+       (the per-update work alone, no parallelism anywhere).
+2. Exact log Z of a trained 784x25 RBM (2^25 hidden states): the split scheme of
+   ``lab.undirected.partition`` with 2 threads and 1 thread, and the plain chunked
+   numpy enumeration timed on 2^17 states and scaled by 2^8.
+
+The machine is shared (other jobs run beside this one), so every timing records the
+load average around it. Usage:
+
+    python benchmarks/bench_rbm.py [--updates 200] [--reps 3] [--out benchmarks/results/rbm_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from lab.undirected import BinaryRBM  # noqa: E402
+from lab.undirected.parallel import blas_single_thread  # noqa: E402
+from lab.undirected.partition import _log_sum_direct, rbm_log_partition  # noqa: E402
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "cpus": os.cpu_count(), "platform": platform.platform()}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    try:
+        import threadpoolctl  # noqa: PLC0415
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads",
+                                                "threading_layer", "architecture")}
+                        for d in threadpoolctl.threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        info["blas"] = "threadpoolctl not installed"
+    try:
+        import sklearn  # noqa: PLC0415
+        info["sklearn"] = sklearn.__version__
+    except ImportError:
+        info["sklearn"] = None
+    return info
+
+
+def load_data(n: int):
+    """n binarized MNIST training images (fixed seed), or random stand-ins without data."""
+    try:
+        from lab.backend import RandomStream  # noqa: PLC0415
+        from lab.data import binarize, mnist_splits  # noqa: PLC0415
+        x = mnist_splits()["train"][0][:n]
+        return np.asarray(binarize(x.reshape(len(x), -1), RandomStream(0))), "mnist (binarized once, seed 0)"
+    except Exception as exc:  # noqa: BLE001
+        rng = np.random.default_rng(0)
+        return (rng.random((n, 784)) < 0.13).astype(np.float32), f"random 13% ones ({exc})"
+
+
+def timed(fn):
+    load0 = os.getloadavg()[0]
+    t = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t
+    return dt, [load0, os.getloadavg()[0]]
+
+
+def bench_updates(X, updates: int, reps: int) -> dict:
+    from sklearn.neural_network import BernoulliRBM  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    data = X[:updates * 100]
+
+    def ours(n_jobs):
+        return lambda: BinaryRBM(500, algorithm="pcd", learning_rate=0.01, batch_size=100,
+                                 n_fantasy=100, n_updates=updates, n_jobs=n_jobs,
+                                 random_state=0).fit(data)
+
+    def sk():
+        BernoulliRBM(n_components=500, learning_rate=0.01, batch_size=100, n_iter=1,
+                     random_state=0).fit(data)
+
+    def sk_one_thread():
+        with threadpool_limits(limits=1, user_api="blas"):
+            sk()
+
+    configs = {
+        "defaults": {"ours": ours(None), "sklearn": sk},
+        "blas_1_thread": {"ours": ours(1), "sklearn": sk_one_thread},
+    }
+    raw = {c: {who: [] for who in f} for c, f in configs.items()}
+    loads = {c: {who: [] for who in f} for c, f in configs.items()}
+    for rep in range(reps):
+        for cname, fns in configs.items():
+            for who, fn in fns.items():
+                dt, load = timed(fn)
+                raw[cname][who].append(updates / dt)
+                loads[cname][who].append(load)
+                print(f"  rep {rep} {cname:14s} {who:8s} {updates / dt:7.2f} updates/s "
+                      f"(load {load[0]:.1f}->{load[1]:.1f})", flush=True)
+    out = {}
+    for cname in configs:
+        ours_med = statistics.median(raw[cname]["ours"])
+        sk_med = statistics.median(raw[cname]["sklearn"])
+        out[cname] = {"ours_updates_per_s": raw[cname]["ours"],
+                      "sklearn_updates_per_s": raw[cname]["sklearn"],
+                      "ours_median": round(ours_med, 2), "sklearn_median": round(sk_med, 2),
+                      "speedup_median": round(ours_med / sk_med, 2),
+                      "speedup_best": round(max(raw[cname]["ours"]) / max(raw[cname]["sklearn"]), 2),
+                      "loadavg_1min": loads[cname]}
+    return out
+
+
+def bench_log_z(X) -> dict:
+    rbm = BinaryRBM(25, algorithm="pcd", learning_rate=0.1, n_updates=2000, binarize=False,
+                    visible_bias_init="data", random_state=0).fit(X)
+    W = rbm.components_.astype(np.float64)
+    b = rbm.intercept_visible_.astype(np.float64)
+    c = rbm.intercept_hidden_.astype(np.float64)
+    out = {"model": "784x25 PCD, 2000 updates of lr 0.1 on the benchmark data"}
+    for threads in (2, 1):
+        values = []
+        dt, load = timed(lambda t=threads, out=values: out.append(
+            rbm_log_partition(W, b, c, method="split", threads=t)))
+        out[f"split_{threads}_threads"] = {"seconds": round(dt, 2), "log_z": values[0], "loadavg_1min": load}
+        print(f"  log Z split, {threads} thread(s): {dt:.1f} s (log Z {values[0]:.4f})", flush=True)
+    # plain numpy enumeration: 2^17 of the 2^25 states, scaled up
+    with blas_single_thread():
+        dt, load = timed(lambda: _log_sum_direct(W[:17], c[:17], b))
+    out["direct_numpy_estimate"] = {"seconds_for_2^17_states": round(dt, 2),
+                                    "estimated_seconds_for_2^25": round(dt * 256, 1),
+                                    "loadavg_1min": load}
+    # accuracy of the split scheme against the direct method on a 20-hidden sub-model
+    sub = (W[:20], b, c[:20])
+    with blas_single_thread():
+        direct = _log_sum_direct(sub[0], sub[2], sub[1])
+    split = rbm_log_partition(*sub, method="split")
+    out["accuracy_20_hidden"] = {"direct": direct, "split": split, "abs_diff": abs(direct - split)}
+    print(f"  direct numpy, 2^17 states: {dt:.1f} s -> about {dt * 256:.0f} s for 2^25; "
+          f"split vs direct on 20 hidden: {abs(direct - split):.2e}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--updates", type=int, default=200, help="PCD updates per timing (500 = one epoch)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--skip-log-z", action="store_true")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                 "results", "rbm_cpu.json"))
+    args = p.parse_args(argv)
+    X, source = load_data(max(args.updates * 100, 20_000))
+    result = {"benchmark": "PCD-1 784x500 batch 100 updates/s vs sklearn BernoulliRBM; exact log Z 784x25",
+              "machine": machine(), "data": source, "updates_per_timing": args.updates,
+              "reps": args.reps, "loadavg_start": list(os.getloadavg()),
+              "note": ("shared 2-core machine: other jobs ran during the measurements (see the "
+                       "load averages); medians of interleaved repetitions")}
+    print("PCD-1 784x500:", flush=True)
+    result["pcd_784x500"] = bench_updates(X, args.updates, args.reps)
+    if not args.skip_log_z:
+        print("exact log Z 784x25:", flush=True)
+        result["log_z_784x25"] = bench_log_z(X)
+    result["loadavg_end"] = list(os.getloadavg())
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if "median" in kk or "speedup" in kk}
+                      for k, v in result["pcd_784x500"].items()}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
