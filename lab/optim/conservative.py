@@ -54,10 +54,9 @@ zero, loss = sum of x^2, valid 0.104) and did not come back.
     (0.1, 10, 5e-3, 1e-4)         1             -                         0.037
     Adam(2e-3)                    -             50.7 / -  (older code)    black
 
-(The model code changed while this ran: rows up to ``(1e-3, 2e-5), 1`` used the
-17:07 version; the rest, and Adam's 1000-step run, the 17:15-17:30 one, on which
-Adam(2e-3) went black by step 100 while it had reached valid 0.052 at 600 steps on
-the 17:00 version. The conservative rows measured on both versions matched.)
+(The model and rendering code changed while this ran, 17:00-17:30; the 400-step
+column spans those versions. Adam(2e-3) reached valid 0.052 at 600 steps on the 17:00
+code and went black by step 100 on the 17:25 code; the 1000-step column is one version.)
 
 What this shows, and why the defaults are what they are:
   - Rule 4 is what keeps larger steps safe: alpha3 = 3e-3 dies without it (alpha4 =
