@@ -185,3 +185,22 @@ def test_cli_train_and_eval(tmp_path, capsys):
                 "recon_error_test_nodropout_percent_variance", "label25_error", "kmeans10_accuracy"):
         assert res[key] is not None, key
     assert res["step"] == 5
+
+
+def test_fan_in_scaled_step_sizes(data):
+    from lab.capsules.trainer import fan_in_overrides
+    from lab.optim import DEFAULT_ALPHAS
+    cfg = tiny_config(encoder_hidden=40, step_fan_in_ref=16, optimizer="conservative",
+                      optimizer_kwargs={})
+    tr = CapsuleTrainer(cfg, data[0], data[1], seed=0)
+    over = fan_in_overrides(tr.model.params, "conservative", {}, 16)
+    # 64 input pixels and 40 hidden units feed encoder matrices: both wider than 16
+    assert over["encoder.W1"]["alphas"][2] == pytest.approx(DEFAULT_ALPHAS[2] * 16 / 64)
+    assert over["encoder.W2"]["alphas"][2] == pytest.approx(DEFAULT_ALPHAS[2] * 16 / 40)
+    assert over["encoder.W2"]["alphas"][0] == DEFAULT_ALPHAS[0]        # the cap is not scaled
+    assert "encoder.b1" not in over and "ccr.W1" not in over           # biases, narrow matrices
+    assert tr.optimizer.hyper_for("encoder.W2")["alphas"] == over["encoder.W2"]["alphas"]
+    adam = fan_in_overrides(tr.model.params, "adam", {"lr": 0.01}, 16)
+    assert adam["encoder.W1"]["lr"] == pytest.approx(0.01 * 16 / 64)
+    assert fan_in_overrides(tr.model.params, "adam", {}, 0) == {}
+    tr.step()

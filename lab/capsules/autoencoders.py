@@ -58,7 +58,8 @@ class CapsuleAutoencoder:
         rng = np.random.default_rng(seed)
         self.code_offset = self._code_offset(rng).astype(dtype)
         self.encoder = GPNN(self.n_pixels, config.encoder_hidden, self.code_offset.size,
-                            dropout=config.dropout, rng=rng, out_scale=0.3, dtype=dtype,
+                            dropout=config.dropout, rng=rng, out_scale=config.encoder_out_init,
+                            dtype=dtype,
                             prefix="encoder")
         self._build_decoder(rng)
         self.params: dict[str, Tensor] = {**self.encoder.params, **self._decoder_params()}

@@ -51,9 +51,11 @@ class CapsuleConfig:
     output_kind: str = "max_semi_soft" # lab.graphics.OUTPUT_MODELS, or "explicit_depth" (2.7.2)
     ac_spread: float = 0.25           # initial AC centres within ± this fraction of the output
     decoder_y_init: float = 1.0       # scale of the distortion function's initial weights from y
+    encoder_out_init: float = 0.3     # initial output weights' std x sqrt(fan_in) (code spread)
     batch_size: int = 500
     optimizer: str = "conservative"
     optimizer_kwargs: dict = field(default_factory=dict)
+    step_fan_in_ref: int = 0          # > 0: step sizes of wider matrices scaled by ref/fan_in
     weight_decay: float = 1e-6        # α of Σ max(0, |θ| - 0.1)² (2.4.5)
     determinant_alpha: float = 1.0    # α of max(0, s - det)², per AC per case (2.4.5)
     usage_alpha: float = 0.01         # α of Σ_i log mean_j y_ij (2.4.5)

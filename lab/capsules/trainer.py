@@ -52,6 +52,10 @@ class CapsuleTrainer:
         self.model: CapsuleAutoencoder = build_model(config, seed=self.seed)
         self.optimizer_name = optimizer or config.optimizer
         kwargs = dict(config.optimizer_kwargs) if self.optimizer_name == config.optimizer else {}
+        overrides = fan_in_overrides(self.model.params, self.optimizer_name, kwargs,
+                                     config.step_fan_in_ref)
+        if overrides:
+            kwargs["overrides"] = overrides
         self.optimizer = make_optimizer(self.optimizer_name, self.model.params, **kwargs)
         self.train_images = np.asarray(train_images, dtype=np.float32)
         self.valid_images = None if valid_images is None else np.asarray(
@@ -215,6 +219,32 @@ class CapsuleTrainer:
                       optimizer=meta.get("optimizer_name"))
         trainer.load_state_dict(arrays, meta)
         return trainer
+
+
+def fan_in_overrides(params: dict, optimizer: str, kwargs: dict, ref: int) -> dict:
+    """Per-matrix step sizes scaled by ``min(1, ref / fan_in)`` (``ref`` > 0), for
+    optimizers whose steps are per element (Adam; the conservative optimizer's rules 2-4).
+
+    Such a step moves every weight into a unit by about the same amount, so the unit's
+    input moves by ~fan_in times that: the thesis's 666-unit GPNNs then swing their
+    poses far more per step than a 200-unit one (measured: held-out error stuck at the
+    mean image's level for the thesis model at the default step sizes). Rule 1 (the
+    emergency cap on a single value) is not scaled.
+    """
+    if not ref or ref <= 0:
+        return {}
+    from lab.optim import DEFAULT_ALPHAS  # noqa: PLC0415
+    out = {}
+    for name, p in params.items():
+        if p.ndim != 2 or p.shape[0] <= ref:
+            continue
+        f = ref / p.shape[0]
+        if optimizer == "adam":
+            out[name] = {"lr": float(kwargs.get("lr", 1e-3)) * f}
+        elif optimizer == "conservative":
+            a1, a2, a3, a4 = (float(a) for a in kwargs.get("alphas", DEFAULT_ALPHAS))
+            out[name] = {"alphas": (a1, a2 * f, a3 * f, a4 * f)}
+    return out
 
 
 def write_jsonl(path, record: dict) -> None:
