@@ -6,6 +6,8 @@ are flipped before drawing: row 0 of an image is at the top, as in the thesis.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from bokeh.models import ColumnDataSource, LinearColorMapper
 from bokeh.palettes import Category10_10, Greys256
@@ -27,9 +29,11 @@ def mosaic(grid, pad: int = 1, fill: float = np.nan, per_image: bool = False) ->
         g = g[None]
     R, C, H, W = g.shape
     if per_image:
-        lo = np.nanmin(g, axis=(2, 3), keepdims=True)
-        hi = np.nanmax(g, axis=(2, 3), keepdims=True)
-        g = (g - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN padding tiles
+            lo = np.nanmin(g, axis=(2, 3), keepdims=True)
+            hi = np.nanmax(g, axis=(2, 3), keepdims=True)
+            g = (g - lo) / np.where(hi - lo > 1e-12, hi - lo, 1.0)
     out = np.full((R * (H + pad) - pad, C * (W + pad) - pad), fill, dtype=np.float32)
     for r in range(R):
         for c in range(C):
