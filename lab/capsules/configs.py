@@ -7,7 +7,17 @@ keyword hyperparameters (sklearn's habit: a dashboard can build controls from
 - ``mnist-thesis`` (2.6.1): the optimized mixture of fig 2.12 with 25 CCs, 9 ACs of
   11x11, 30 distortion variables dropped out at 1/2, GPNN encoder 3x666 with 50%
   dropout, RMM noise U(0, 10), maxSemiSoft output, batch 500. The distortion -> AC
-  poses function is a GPNN of the same size without dropout (2.3.4).
+  poses function is a GPNN of the same size without dropout (2.3.4). The conservative
+  optimizer's alphas are not in the thesis; (0.1, 1, 2e-4, 2e-4) is the best of the
+  three tried (see CONFIGS). Measured on the 2-core CPU (benchmarks/results/
+  capsules_runs_cpu.json): ~450 images/s, and 8 minutes (475 steps) leave it at the
+  mean image's error (0.072 per pixel on the test set). Known hazards for long runs:
+  with per-element step rules (Adam, or these alphas at 1e-3) the 666-unit GPNNs move
+  the poses so far in the first ~20 steps that the CC intensity collapses and the ACs
+  leave the canvas (output all zero, gradients gone); ``step_fan_in_ref=200`` plus
+  ``encoder_out_init=0.05`` prevents that death at the default alphas, but not the
+  slow start: with RMM noise U(0, 10) over 25 CCs each CC's pose is only trained on
+  the ~1/25 of the cases that the noise hands it until the manager commits.
 - ``mnist-quick``: the same model shrunk to learn on a 2-core CPU in ten minutes:
   15 CCs (the 25-label protocol needs more clusters than classes; 2.6.1's footnote:
   10 components gave 10% error), 6 ACs of 9x9, 8 distortion variables, 200 encoder
