@@ -60,6 +60,9 @@ class ReconstructionsView:
                 "mismatch": mismatch(originals, recon), "contributions": contributions}
 
     def frame(self, snapshot) -> np.ndarray:
+        return cached_frame(snapshot, f"reconstructions-{self.n_images}", self._frame)
+
+    def _frame(self, snapshot) -> np.ndarray:
         cols = self.columns(snapshot)
         rows = []
         for i in range(len(cols["originals"])):
@@ -280,26 +283,61 @@ class DistortionExplorer:
         return grid(rows) if rows else np.zeros((1, 1), np.float32)
 
 
+# -- a frame cache shared by all viewers of one snapshot ---------------------------------------
+_FRAMES: dict = {}
+_FRAMES_LOCK = threading.Lock()
+_FRAMES_MAX = 32
+
+
+def cached_frame(snapshot, key: str, make):
+    """``make(snapshot)``, computed once per (snapshot, key) however many viewers ask.
+
+    Ten browser tabs watching one session then cost one rendering per snapshot, not ten
+    (part of keeping viewers from slowing the run). Snapshots are immutable, so a frame
+    made from one never goes stale.
+    """
+    ident = (id(snapshot), getattr(snapshot, "version", None), getattr(snapshot, "wall_time", None), key)
+    with _FRAMES_LOCK:
+        hit = _FRAMES.get(ident)
+        if hit is not None and hit[0] is snapshot:
+            return hit[1]
+    frame = make(snapshot)
+    if frame is not None:
+        frame.setflags(write=False)
+    with _FRAMES_LOCK:
+        _FRAMES[ident] = (snapshot, frame)
+        while len(_FRAMES) > _FRAMES_MAX:
+            _FRAMES.pop(next(iter(_FRAMES)))
+    return frame
+
+
 # -- RBM (chapter 3) -------------------------------------------------------------------------
 class RBMView:
     """Fantasy particles, the FPCD fast overlay (and its magnitude), filters."""
 
     @staticmethod
     def fantasy(snapshot) -> np.ndarray | None:
-        return tile(snapshot["fantasy"]) if "fantasy" in snapshot else None
+        if "fantasy" not in snapshot:
+            return None
+        return cached_frame(snapshot, "rbm-fantasy", lambda s: tile(s["fantasy"]))
 
     @staticmethod
     def fast_overlay(snapshot) -> np.ndarray | None:
         if "fast_filters" not in snapshot:
             return None
-        f = np.asarray(snapshot["fast_filters"], dtype=np.float32)
-        m = float(np.abs(f).max()) or 1.0
-        # one shared scale, grey = 0, so the overlay's size over time is visible
-        return tile(0.5 + 0.5 * f / m)
+
+        def make(s):
+            f = np.asarray(s["fast_filters"], dtype=np.float32)
+            m = float(np.abs(f).max()) or 1.0
+            # one shared scale, grey = 0, so the overlay's size over time is visible
+            return tile(0.5 + 0.5 * f / m)
+        return cached_frame(snapshot, "rbm-fast", make)
 
     @staticmethod
     def filters(snapshot) -> np.ndarray | None:
-        return tile(snapshot["filters"], per_image=True) if "filters" in snapshot else None
+        if "filters" not in snapshot:
+            return None
+        return cached_frame(snapshot, "rbm-filters", lambda s: tile(s["filters"], per_image=True))
 
     @staticmethod
     def fast_magnitude(snapshot) -> float:

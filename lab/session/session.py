@@ -161,6 +161,7 @@ class TrainingSession:
         self._busy = False
         self._pending = 0
         self._step = int(getattr(trainer, "step_count", 0) or 0) if trainer is not None else 0
+        self._done_step = self._step
         self._last_metrics: dict[str, float] = {}
         self._run_seconds = 0.0
         self._rate = math.nan
@@ -287,7 +288,7 @@ class TrainingSession:
             self._pending += 1
             self._cond.notify_all()
             # not busy: the step's snapshot and checkpoint (if due) are published too
-            ok = self._cond.wait_for(lambda: (self._step >= target and not self._busy)
+            ok = self._cond.wait_for(lambda: self._done_step >= target
                                      or self._state == "failed" or self._stop_requested, timeout)
             if self._state == "failed":
                 raise RuntimeError(f"the trainer failed:\n{self.error}")
@@ -337,7 +338,7 @@ class TrainingSession:
 
     def wait_for_step(self, step: int, timeout: float | None = 30.0) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: (self._step >= step and not self._busy) or self._state
+            return self._cond.wait_for(lambda: self._done_step >= step or self._state
                                        in ("failed", "stopped", "finished"), timeout) and self._step >= step
 
     # -- the training thread ---------------------------------------------------------------
@@ -369,6 +370,7 @@ class TrainingSession:
                 finally:
                     with self._cond:
                         self._busy = False
+                        self._done_step = self._step   # its snapshot/checkpoint are out too
                         self._cond.notify_all()
         except BaseException:  # noqa: BLE001  (a failed trainer must not kill the process)
             with self._cond:
@@ -598,7 +600,7 @@ class TrainingSession:
             session.kind = str(info.get("kind") or meta.get("kind") or "checkpoint")
         session.metadata = dict(info.get("metadata") or session.metadata)
         session.history = history
-        session._step = int(info.get("step", meta.get("step", 0)) or 0)
+        session._step = session._done_step = int(info.get("step", meta.get("step", 0)) or 0)
         session._run_seconds = float(info.get("seconds", 0.0) or 0.0)
         session._state = "attached"
         session.source = Path(checkpoint)
@@ -618,7 +620,7 @@ class TrainingSession:
             raise ValueError(f"no trainer factory for kind {info.get('kind')!r}: pass factory=")
         session = cls(trainer, **kwargs)
         session.history = history
-        session._step = int(info.get("step", meta.get("step", 0)) or 0)
+        session._step = session._done_step = int(info.get("step", meta.get("step", 0)) or 0)
         session._run_seconds = float(info.get("seconds", 0.0) or 0.0)
         return session
 
