@@ -140,3 +140,16 @@ def test_ais_method_through_score_samples():
     assert approx == pytest.approx(exact, abs=0.05)
     with pytest.raises(ValueError, match="method"):
         rbm.score(X, method="guess")
+
+
+def test_hyperparameters_can_change_between_partial_fits():
+    X = binary(60)
+    rbm = BinaryRBM(4, algorithm="cd", learning_rate=0.1, random_state=0)
+    rbm.partial_fit(X)
+    rbm.set_params(algorithm="fpcd", n_fantasy=5, momentum=0.5, learning_rate=0.05)
+    rbm.partial_fit(X)
+    assert rbm.fantasy_particles_.shape == (5, 6) and rbm.fast_components_ is not None
+    assert rbm.learning_rate_ == 0.05 and rbm.n_updates_ == 2
+    rbm.set_params(momentum=0.0, algorithm="pcd")
+    rbm.partial_fit(X)
+    assert rbm.n_updates_ == 3

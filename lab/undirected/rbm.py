@@ -174,8 +174,27 @@ class _RBMBase(Estimator):
             v = alg.bernoulli(v, self.random_stream_)
         return v
 
+    def _ensure_state(self) -> None:
+        """State an algorithm needs, created if hyperparameters changed after fitting (a
+        dashboard may switch PCD to FPCD or turn on momentum mid-run)."""
+        xp = self._xp
+        if self.algorithm in alg.PERSISTENT and (self.fantasy_particles_ is None or
+                                                 self.fantasy_particles_.shape[0] != self.n_fantasy):
+            self.fantasy_particles_ = xp.zeros((self.n_fantasy, self.components_.shape[1]),
+                                               dtype=DEFAULT_FLOAT)
+        if self.algorithm == "fpcd" and self.fast_components_ is None:
+            self.fast_components_ = xp.zeros_like(self.components_)
+            self.fast_intercept_hidden_ = xp.zeros_like(self.intercept_hidden_)
+            self.fast_intercept_visible_ = xp.zeros_like(self.intercept_visible_)
+        if self.momentum and self._velocity is None:
+            self._velocity = [xp.zeros_like(self.components_), xp.zeros_like(self.intercept_visible_),
+                              xp.zeros_like(self.intercept_hidden_)]
+        if not self.momentum:
+            self._velocity = None
+
     def _update(self, v_pos) -> None:
         """One parameter update from the minibatch ``v_pos`` (float32, on the device)."""
+        self._ensure_state()
         xp = self._xp
         lr = self.schedule_.rate(self.n_updates_, self.train_seconds_)
         W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
