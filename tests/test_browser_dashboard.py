@@ -134,7 +134,7 @@ def shot(page, name):
 
 
 # -- the test ----------------------------------------------------------------------------------
-def test_dashboard_live_in_chromium(server, browser):
+def test_dashboard_live_in_chromium(browser, server):
     url, log = server
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     problems = []

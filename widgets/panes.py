@@ -197,9 +197,9 @@ class ReconstructionsPanel:
 
     def tick(self) -> None:
         snap = self.slot.snapshot()
-        if snap is None or snap.version == self.version or "originals" not in snap:
+        if snap is None or snap is self.version or "originals" not in snap:
             return
-        self.version = snap.version
+        self.version = snap             # the snapshot itself: a new session restarts versions
         self.image.update(self.view.frame(snap))
 
 
@@ -271,10 +271,10 @@ class MixturePanel:
 
     def tick(self) -> None:
         snap = self.slot.snapshot()
-        if snap is None or snap.version == self.version or time.monotonic() - self.last < self.every:
+        if snap is None or snap is self.version or time.monotonic() - self.last < self.every:
             return
         out = self.view.compute(snap)
-        self.version, self.last = snap.version, time.monotonic()
+        self.version, self.last = snap, time.monotonic()
         if out is None:
             return
         self.image.update(out["frame"])
@@ -385,9 +385,9 @@ class RBMPanel:
 
     def tick(self) -> None:
         snap = self.slot.snapshot()
-        if snap is None or snap.version == self.version:
+        if snap is None or snap is self.version:
             return
-        self.version = snap.version
+        self.version = snap
         for fig, frame in ((self.fantasy, RBMView.fantasy(snap)), (self.fast, RBMView.fast_overlay(snap)),
                            (self.filters, RBMView.filters(snap))):
             if frame is not None:

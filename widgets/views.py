@@ -43,6 +43,7 @@ class ReconstructionsView:
     def __init__(self, n_images: int = 8):
         self.n_images = n_images
         self.viewer = ModelViewer()
+        self._lock = threading.Lock()   # one private model: one rendering at a time
 
     def columns(self, snapshot) -> dict[str, np.ndarray]:
         originals = as_images(snapshot["originals"])[:self.n_images]
@@ -63,7 +64,8 @@ class ReconstructionsView:
         return cached_frame(snapshot, f"reconstructions-{self.n_images}", self._frame)
 
     def _frame(self, snapshot) -> np.ndarray:
-        cols = self.columns(snapshot)
+        with self._lock:
+            cols = self.columns(snapshot)
         rows = []
         for i in range(len(cols["originals"])):
             row = [cols["originals"][i], np.clip(cols["reconstructions"][i], 0, 1), cols["mismatch"][i]]
@@ -123,8 +125,13 @@ class MixtureView:
     def __init__(self, n_images: int = 6):
         self.n_images = n_images
         self.viewer = ModelViewer()
+        self._lock = threading.Lock()
 
     def compute(self, snapshot) -> dict | None:
+        with self._lock:
+            return self._compute(snapshot)
+
+    def _compute(self, snapshot) -> dict | None:
         model = self.viewer.sync(snapshot)
         if model is None or "view_images" not in snapshot:
             return None
