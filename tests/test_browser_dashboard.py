@@ -167,10 +167,11 @@ def test_dashboard_live_in_chromium(browser, server):
         time.sleep(0.03)
     page.mouse.up()
     after = wait_until(lambda: (fingerprint(page, "explorer-source") != before)
-                       and fingerprint(page, "explorer-source"), 10, "the explorer image to change")
+                       and fingerprint(page, "explorer-source"), 20, "the explorer image to change")
     assert after != before
-    time.sleep(0.3)
-    assert page.locator(".explorer").first.screenshot() != pixels_before, "canvas did not change"
+    # ...and the canvas shows it (the pixels on screen, not only the data)
+    wait_until(lambda: page.locator(".explorer").first.screenshot() != pixels_before, 10,
+               "the explorer canvas to change")
     shot(page, "2-dragged")
 
     # Pause: the step count freezes. Resume: it advances.
