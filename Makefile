@@ -14,13 +14,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Set up, then run the main job.
+## Set up, then run the main job: the live dashboard (capsule autoencoder + FPCD RBM
+## training on MNIST) on http://127.0.0.1:5006 .
 lab: $(STAMP)
-	$(BIN)/lab demo
+	$(BIN)/lab serve
 
-## Set up, then run the whole test suite.
+## Set up, then run the whole test suite: unit tests, the browser test (skipped where
+## chromium is missing) and every notebook top to bottom (smoke mode, nbval).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests notebooks --nbval-lax
 
 clean:
 	rm -rf $(VENV) .pytest_cache
