@@ -99,6 +99,8 @@ class CurvesFigure:
             color = Category10_10[len(self.sources) % 10]
             self.figure.line("step", "value", source=src, color=color, legend_label=metric,
                              line_width=1.5)
+            # sparse series (a held-out score every few hundred steps) need visible points
+            self.figure.scatter("step", "value", source=src, color=color, legend_label=metric, size=3)
             self.figure.legend.location = "top_right"
             self.figure.legend.label_text_font_size = "8pt"
             self.sources[metric] = src
