@@ -521,7 +521,11 @@ class BinaryRBM(_RBMBase):
             return self._logz_cache[key]
         start = time.perf_counter()
         if method == "exact":
-            value = rbm_log_partition(W, b, c, threads=threads)
+            if self.backend_.name == "cpu":
+                value = rbm_log_partition(W, b, c, threads=threads)
+            else:   # chunked enumeration on the device
+                value = rbm_log_partition(self.components_, self.intercept_visible_,
+                                          self.intercept_hidden_, method="direct")
             result = LogPartition(value, value, value, "exact", time.perf_counter() - start)
             self._logz_cache[key] = result
             return result
