@@ -153,7 +153,7 @@ FIG31_LR = {"cd1": 0.1, "cd10": 0.1, "mfcd": 0.1, "pcd": 0.1, "fpcd": 0.1}
 
 
 def fig3_1(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
-           learning_rates=None, verbose: bool = True) -> dict:
+           learning_rates=None, n_hidden: int = 25, verbose: bool = True) -> dict:
     """Exact test log-likelihood of 784x25 RBMs on binarized MNIST vs training time for
     CD-1, CD-10, MF-CD, PCD and FPCD (thesis fig 3.1; the thesis axis spans 4 minutes to
     3 days)."""
@@ -167,7 +167,7 @@ def fig3_1(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
     for seconds in durations:
         for label in algorithms:
             for lr in grid[label]:
-                rbm = _train_rbm(X, 25, label, lr, seconds, seed)
+                rbm = _train_rbm(X, n_hidden, label, lr, seconds, seed)
                 t0 = time.perf_counter()
                 log_z = rbm.log_partition("exact").value
                 rec = _run_record(rbm, label, seconds, lr, log_z=log_z,
@@ -178,7 +178,7 @@ def fig3_1(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
                 _log(f"fig3.1 {label:5s} {seconds:6.0f}s lr={lr:<7g} updates={rec['n_updates']:6d} "
                      f"test LL={rec['test_ll']:9.3f}  (log Z {rec['log_z_seconds']}s)", verbose)
     chosen = _best(runs, "valid_ll")
-    return {"name": "fig3.1", "quick": quick, "seed": seed, "n_hidden": 25,
+    return {"name": "fig3.1", "quick": quick, "seed": seed, "n_hidden": n_hidden,
             "durations": durations, "runs": runs,
             "curves": {a: [[r["seconds"], r["test_ll"]] for r in sorted(chosen, key=lambda r: r["seconds"])
                            if r["algorithm"] == a] for a in algorithms},
@@ -385,7 +385,8 @@ FIG35_LR = {"mfcd": 0.1, "cd1": 0.2, "cd10": 0.2, "pcd": 0.1}
 
 
 def fig3_5(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
-           weight_decays=None, verbose: bool = True) -> dict:
+           weight_decays=None, n_hidden: int = 100, n_ais_runs: int = 100,
+           verbose: bool = True) -> dict:
     """AIS test log-likelihood of 100-hidden RBMs on rectangle-and-triangle outlines
     for MF-CD, CD-1, CD-10 and PCD, with and without weight decay (thesis fig 3.5 and
     the weight-decay discussion of 3.3.5)."""
@@ -400,9 +401,9 @@ def fig3_5(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
     for seconds in durations:
         for label in algorithms:
             for wd in weight_decays[label]:
-                rbm = _train_rbm(X, 100, label, FIG35_LR[label], seconds, seed,
+                rbm = _train_rbm(X, n_hidden, label, FIG35_LR[label], seconds, seed,
                                  binarize=False, weight_decay=wd)
-                lz = rbm.log_partition("ais", betas=betas, random_state=seed + 3)
+                lz = rbm.log_partition("ais", n_runs=n_ais_runs, betas=betas, random_state=seed + 3)
                 test_ll = float(-rbm.free_energy(Xt).mean() - lz.value)
                 rec = _run_record(rbm, label, seconds, FIG35_LR[label], weight_decay=wd,
                                   ais_log_z=lz.value, ais_interval=[lz.lower, lz.upper],
@@ -412,7 +413,8 @@ def fig3_5(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
                 _log(f"fig3.5 {label:5s} {seconds:6.0f}s wd={wd:<8g} updates={rec['n_updates']:6d} "
                      f"AIS test LL={test_ll:8.3f} (log Z ±3σ: [{lz.lower:.2f}, {lz.upper:.2f}])",
                      verbose)
-    return {"name": "fig3.5", "quick": quick, "seed": seed, "n_hidden": 100,
+    return {"name": "fig3.5", "quick": quick, "seed": seed, "n_hidden": n_hidden,
+            "ais_runs": n_ais_runs,
             "image_size": int(math.isqrt(X.shape[1])), "ais_betas": len(betas) if betas is not None else 14501,
             "runs": runs, "thesis": THESIS["fig3.5"], "machine": machine_info()}
 
