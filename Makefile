@@ -22,7 +22,7 @@ lab: $(STAMP)
 ## Set up, then run the whole test suite: unit tests, the browser test (skipped where
 ## chromium is missing) and every notebook top to bottom (smoke mode, nbval).
 test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 clean:
 	rm -rf $(VENV) .pytest_cache
