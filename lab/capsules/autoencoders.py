@@ -22,6 +22,8 @@ weights halved (``GPNN``), distortions *not* halved, and the manager without noi
 """
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from lab.autodiff import (Tensor, concatenate, dropout, getitem, no_grad, reshape,
@@ -45,7 +47,7 @@ def _cols(t: Tensor, start: int, stop: int) -> Tensor:
     return getitem(t, (_ALL, slice(start, stop)))
 
 
-class CapsuleAutoencoder:
+class CapsuleAutoencoder(abc.ABC):
     """Base class. ``params``: ``{name: Tensor}`` of every learned array, in a fixed order."""
 
     kind = "base"
@@ -66,22 +68,25 @@ class CapsuleAutoencoder:
         self.full_size_det = reg.full_size_determinant(config.template_size, self.image_shape)
 
     # -- what subclasses define ------------------------------------------------------
+    @abc.abstractmethod
     def _code_offset(self, rng) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _build_decoder(self, rng) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _decoder_params(self) -> dict[str, Tensor]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _split_code(self, v: Tensor, train: bool, stream) -> dict:
         """Encoder output + offset -> ``{"mixture", "logits", "poses", "distortions"}`` Tensors."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _render(self, code: dict, train: bool, stream, component: int | None = None) -> dict:
         """Code Tensors -> ``{"output" (B,H,W), "contributions", "matrices", "intensities", ...}``."""
-        raise NotImplementedError
 
     # -- the differentiable pipeline -----------------------------------------------------
     def forward(self, images, train: bool = False, stream: RandomStream | None = None) -> dict:

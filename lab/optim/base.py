@@ -7,6 +7,7 @@ Adam/SGD baselines can be swapped by a config string.
 """
 from __future__ import annotations
 
+import abc
 import fnmatch
 import inspect
 from typing import Any, Iterable, Mapping
@@ -50,7 +51,7 @@ def default_group(name: str) -> str:
     return name
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: subclasses define ``_hyper_keys``, ``_init_slots`` and ``_update``.
 
     ``overrides`` maps fnmatch patterns on parameter names to hyperparameter dicts,
@@ -134,11 +135,13 @@ class Optimizer:
             self._last_counts = {n: stacked[i].astype(np.int64) for i, n in enumerate(names)}
             self.rules_step = self.step_count
 
-    def _init_slots(self, data) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _init_slots(self, data) -> dict[str, Any]:
+        ...
 
-    def _update(self, name, data, g, slots, hyper):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _update(self, name, data, g, slots, hyper):
+        ...
 
     # -- rule statistics (only the conservative optimizer has rules) ----------------
     rule_names: tuple[str, ...] = ()

@@ -66,6 +66,26 @@ class Estimator:
                                  "partial_fit() first")
 
 
+class ScheduledTrainer:
+    """The learning-rate schedule (3.3.1) of an estimator with ``learning_rate``,
+    ``n_updates``, ``max_seconds`` and ``learning_rate_schedule``; ``_fitted_attribute``
+    names the learned array that exists once training started."""
+
+    _fitted_attribute = "components_"
+
+    @property
+    def schedule_(self) -> "LinearDecay":
+        """The learning-rate schedule implied by the current hyperparameters."""
+        return LinearDecay(self.learning_rate, self.n_updates, self.max_seconds,
+                           decay=self.learning_rate_schedule == "linear")
+
+    @property
+    def progress_(self) -> float:
+        """Fraction of the run done: max of updates/n_updates and seconds/max_seconds."""
+        self._check_is_fitted(self._fitted_attribute)
+        return self.schedule_.progress(self.n_updates_, self.train_seconds_)
+
+
 def _same(a, b) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
-from lab.undirected._base import Estimator, LinearDecay, check_data, make_stream, sigmoid_
+from lab.undirected._base import Estimator, ScheduledTrainer, check_data, make_stream, sigmoid_
 from lab.undirected.parallel import single_threaded_blas_on_cpu
 from lab.undirected.partition import mrf_log_partition, mrf_log_potential, mrf_moments
 
@@ -76,7 +76,7 @@ def unique_patterns(V):
     return rows, counts
 
 
-class FullyVisibleMRF(Estimator):
+class FullyVisibleMRF(ScheduledTrainer, Estimator):
     """A fully connected binary MRF trained with PL, PCD or the exact gradient (3.3.4).
 
     Parameters
@@ -104,6 +104,8 @@ class FullyVisibleMRF(Estimator):
     fantasy_particles_ : PCD's chains (else None).  n_updates_, train_seconds_,
     learning_rate_ : as for ``BinaryRBM``.
     """
+
+    _fitted_attribute = "coupling_"
 
     def __init__(self, *, algorithm: str = "pcd", learning_rate: float = 0.01,
                  batch_size: int = 100, n_fantasy: int = 100, weight_decay: float = 0.0,
@@ -153,16 +155,6 @@ class FullyVisibleMRF(Estimator):
         self.train_seconds_ = 0.0
         self.learning_rate_ = float(self.learning_rate)
         self._lock = threading.RLock()
-
-    @property
-    def schedule_(self) -> LinearDecay:
-        return LinearDecay(self.learning_rate, self.n_updates, self.max_seconds,
-                           decay=self.learning_rate_schedule == "linear")
-
-    @property
-    def progress_(self) -> float:
-        self._check_is_fitted("coupling_")
-        return self.schedule_.progress(self.n_updates_, self.train_seconds_)
 
     # -- updates -------------------------------------------------------------------
     def _gibbs_sweep(self, V):

@@ -27,14 +27,13 @@ gradient) are a few more products against the resulting probability table.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from lab.backend import get_array_module
+from lab.undirected.parallel import blas_single_thread, cpu_count
 
 #: Above this many enumerated units the exact sum is refused (use AIS instead).
 MAX_ENUMERATED_UNITS = 32
@@ -54,28 +53,23 @@ def state_table(n: int, xp=np, dtype=np.float64, start: int = 0, stop: int | Non
 
 
 def default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
+    return max(1, min(cpu_count(), 8))
 
 
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """BLAS limited to one thread while our own threads split the work; yields whether it could."""
-    try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
-    except ImportError:
-        yield False
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield True
+def _map_chunks(work, starts, threads: int | None) -> list:
+    """``[work(s) for s in starts]``, on a thread pool when BLAS could be pinned to one thread."""
+    threads = default_threads() if threads is None else max(1, int(threads))
+    with blas_single_thread() as limited:
+        if threads > 1 and limited:
+            with ThreadPoolExecutor(threads) as pool:
+                return list(pool.map(work, starts))
+        return [work(s) for s in starts]
 
 
 # ----------------------------------------------------------------------------------
 # RBM
 # ----------------------------------------------------------------------------------
+
 
 def rbm_log_partition(W, b, c, *, enumerate: str = "auto", method: str = "auto",
                       threads: int | None = None) -> float:
@@ -117,7 +111,7 @@ def log_sum_enumerated(A, bias_enum, bias_other, *, method: str = "auto",
         method = "split" if (xp is np and n >= 16) else "direct"
     if method == "direct":
         if xp is np:
-            with _single_threaded_blas():
+            with blas_single_thread():
                 return _log_sum_direct(A, bias_enum, bias_other)
         return _log_sum_direct(A, bias_enum, bias_other)
     if method == "split":
@@ -259,15 +253,7 @@ def _log_sum_split(A, bias_enum, bias_other, threads) -> float:
         acc -= mx
         return mx + math.log(np.exp(acc).sum())
 
-    starts = range(0, n_rows, rows_per_chunk)
-    threads = default_threads() if threads is None else max(1, int(threads))
-    with _single_threaded_blas() as limited:
-        if threads > 1 and limited:
-            with ThreadPoolExecutor(threads) as pool:
-                parts = list(pool.map(work, starts))
-        else:
-            parts = [work(s) for s in starts]
-    parts = np.asarray(parts)
+    parts = np.asarray(_map_chunks(work, range(0, n_rows, rows_per_chunk), threads))
     mx = parts.max()
     return float(mx + math.log(np.exp(parts - mx).sum()))
 
@@ -346,14 +332,7 @@ def _mrf_enumerate(W, b, *, moments: bool, threads, dtype=np.float64):
             out["eab"] = Ar.T @ (L @ Bt.T).astype(np.float64)
         return out
 
-    starts = range(0, A.shape[0], rows_per_chunk)
-    threads = default_threads() if threads is None else max(1, int(threads))
-    with _single_threaded_blas() as limited:
-        if threads > 1 and limited:
-            with ThreadPoolExecutor(threads) as pool:
-                parts = list(pool.map(work, starts))
-        else:
-            parts = [work(s) for s in starts]
+    parts = _map_chunks(work, range(0, A.shape[0], rows_per_chunk), threads)
     mx = max(pt["max"] for pt in parts)
     scales = [math.exp(pt["max"] - mx) for pt in parts]
     total = sum(s * pt["sum"] for s, pt in zip(scales, parts))

@@ -21,7 +21,7 @@ from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
 from lab.undirected import algorithms as alg
 from lab.undirected import parallel
 from lab.undirected.parallel import single_threaded_blas_on_cpu
-from lab.undirected._base import Estimator, LinearDecay, check_data, make_stream
+from lab.undirected._base import Estimator, ScheduledTrainer, check_data, make_stream
 from lab.undirected.partition import rbm_free_energy, rbm_log_partition
 
 
@@ -36,7 +36,7 @@ class LogPartition:
     seconds: float
 
 
-class _RBMBase(Estimator):
+class _RBMBase(ScheduledTrainer, Estimator):
     """Training machinery shared by ``BinaryRBM`` and ``ClassificationRBM``."""
 
     _n_softmax = 0     # trailing visible units that form one softmax group
@@ -137,18 +137,6 @@ class _RBMBase(Estimator):
         return out
 
     # -- schedule ----------------------------------------------------------------
-    @property
-    def schedule_(self) -> LinearDecay:
-        """The learning-rate schedule (3.3.1) implied by the current hyperparameters."""
-        return LinearDecay(self.learning_rate, self.n_updates, self.max_seconds,
-                           decay=self.learning_rate_schedule == "linear")
-
-    @property
-    def progress_(self) -> float:
-        """Fraction of the run done: max of updates/n_updates and seconds/max_seconds."""
-        self._check_is_fitted("components_")
-        return self.schedule_.progress(self.n_updates_, self.train_seconds_)
-
     @property
     def current_learning_rate_(self) -> float:
         """The slow learning rate the next update will use."""
