@@ -33,7 +33,10 @@ backward
 Templates are shared out among the render threads (``lab.graphics.threads``; numpy
 releases the GIL in its loops; results are identical for any thread count).
 Float32 inputs are computed in float32; any float64 input makes the whole op float64
-(used by the gradient checks). The CPU path uses numpy only.
+(used by the gradient checks). The CPU path uses numpy only. CuPy inputs take
+``forward_gpu``/``backward_gpu``: CUDA kernels (``lab/gpu/kernels/render.cu``) for the
+same function, coordinates rounded as here; unverified on a device until
+``benchmarks/gpu_check.py`` has run on one.
 """
 from __future__ import annotations
 
@@ -183,12 +186,26 @@ class RenderTemplates(Function):
             val_out += c1
         return duv
 
+    # -- the GPU path (CUDA kernels in lab/gpu/kernels/render.cu) ------------------
+    def forward_gpu(self, xp, templates, m, intensity):  # pragma: no cover - needs a GPU
+        from lab.gpu import render as gpu_render  # noqa: PLC0415
+        self._check(xp, templates, m, intensity)
+        dt = np.result_type(templates.dtype, m.dtype, intensity.dtype)
+        saved = tuple(xp.ascontiguousarray(a, dtype=dt) for a in (templates, m, intensity))
+        self.saved_gpu = saved if self.need_grad else None
+        return gpu_render.render_forward(*saved, self.size)
+
+    def backward_gpu(self, xp, gy):  # pragma: no cover - needs a GPU
+        from lab.gpu import render as gpu_render  # noqa: PLC0415
+        need = tuple(t.requires_grad for t in self.inputs)
+        return gpu_render.render_backward(*self.saved_gpu, gy, need)
+
     # -- forward -----------------------------------------------------------------
     def forward(self, xp, templates, m, intensity):
-        if xp is not np:   # pragma: no cover - needs a GPU
+        if xp is not np:   # pragma: no cover - CuPy arrays take forward_gpu
             raise NotImplementedError(
-                "render_templates on CuPy arrays needs forward_gpu/backward_gpu kernels (the GPU issue); "
-                "this numpy path relies on numpy-only tricks (opaque-item gathers, ufunc.at)")
+                "this numpy path relies on numpy-only tricks (opaque-item gathers, ufunc.at); "
+                "CuPy arrays go through forward_gpu")
         self._check(xp, templates, m, intensity)
         dt = self.dt = np.result_type(templates.dtype, m.dtype, intensity.dtype)
         templates, m, intensity = (a.astype(dt, copy=False) for a in (templates, m, intensity))

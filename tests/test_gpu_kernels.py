@@ -1,0 +1,157 @@
+"""The GPU path's CPU-checkable parts: the CUDA sources compile (nvcc, when installed),
+Philox matches its published known-answer vectors and, compiled from the same CUDA
+text for the host, its numpy reference; the RBM update reference matches BinaryRBM;
+launch-shape arithmetic. Nothing here imports CuPy (tests/test_gpu.py runs the kernels
+where a device exists)."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lab.gpu import KERNEL_DIR, KERNEL_FILES, source
+from lab.gpu.philox import philox4x32_10, uniforms
+
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+
+
+def test_cpu_path_never_imports_cupy():
+    code = ("import sys, lab.gpu, lab.gpu.render, lab.gpu.philox, lab.undirected.gpu_update, "
+            "lab.graphics.acr; assert 'cupy' not in sys.modules, 'cupy imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sources_inline_their_headers():
+    for name in KERNEL_FILES:
+        text = source(name)
+        assert '#include "' not in text, name
+        assert "#include <" not in text, f"{name}: NVRTC has no system headers"
+        assert 'extern "C"' in text
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", KERNEL_FILES)
+def test_kernels_compile_with_nvcc(name, tmp_path):
+    # the inlined text is what CuPy hands to NVRTC: compile exactly that
+    src = tmp_path / name
+    src.write_text(source(name))
+    res = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-c", "-o", str(tmp_path / "k.o"), str(src)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "warning" not in res.stderr.lower(), res.stderr
+
+
+# Random123's known-answer vectors for Philox4x32-10
+KAT = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+       ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+       ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+
+
+@pytest.mark.parametrize("ctr,key,expected", KAT)
+def test_philox_known_answers(ctr, key, expected):
+    assert tuple(int(v) for v in philox4x32_10(ctr, key)) == expected
+
+
+def test_philox_uniforms_shape_and_range():
+    u = uniforms(7, 0, 3, (50, 40))
+    assert u.shape == (50, 40) and u.dtype == np.float32
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.02
+    assert np.array_equal(uniforms(7, 0, 3, 2000).reshape(50, 40), u)
+    assert np.array_equal(uniforms(7, 0, 3, 10, start=5), uniforms(7, 0, 3, 15)[5:])
+    assert not np.array_equal(uniforms(7, 1, 3, 100), uniforms(7, 0, 3, 100))
+    assert not np.array_equal(uniforms(7, 0, 4, 100), uniforms(7, 0, 3, 100))
+
+
+_HARNESS = r"""
+#include <cstdio>
+#include "philox.cuh"
+int main() {
+    const unsigned long long cases[][4] = {
+        {0ULL, 0ULL, 3ULL, 5ULL}, {1ULL, 1ULL, 3ULL, 5ULL}, {12345678901ULL, 7ULL, (1ULL << 33) + 5ULL, 0x123456789abcdefULL},
+        {999ULL, 65535ULL, 4294967295ULL, 18446744073709551615ULL}};
+    for (const auto& c : cases) printf("%.9g\n", philox_uniform(c[0], (unsigned)c[1], c[2], c[3]));
+    return 0;
+}
+"""
+
+
+@needs_nvcc
+def test_cuda_philox_matches_numpy_reference(tmp_path):
+    """The CUDA text of philox.cuh, compiled for the host, gives numpy's numbers."""
+    (tmp_path / "h.cu").write_text(_HARNESS)
+    exe = tmp_path / "h"
+    res = subprocess.run([NVCC, "-std=c++17", f"-I{KERNEL_DIR}", "-o", str(exe), str(tmp_path / "h.cu")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    got = np.array([float(x) for x in out], dtype=np.float32)   # %.9g round-trips float32
+    cases = [(0, 0, 3, 5), (1, 1, 3, 5), (12345678901, 7, (1 << 33) + 5, 0x123456789ABCDEF),
+             (999, 65535, 4294967295, 2**64 - 1)]
+    want = np.array([uniforms(seed, stream, step, 1, start=index)[0] for index, stream, step, seed in cases])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fused_launch_shape():
+    from lab.gpu.render import fused_launch_shape
+    blocks, threads, shared = fused_launch_shape(500, 9, 11, 11, 28, 28, 4)
+    assert blocks == 500 and threads % 32 == 0 and 4 * threads >= 784
+    assert shared == (2 * 9 * 121 + 256) * 4
+    with pytest.raises(ValueError):
+        fused_launch_shape(1, 1, 4, 4, 100, 100, 4)     # more pixels than 4 per thread
+    with pytest.raises(ValueError):
+        fused_launch_shape(1, 64, 32, 32, 28, 28, 4)    # templates beyond shared memory
+
+
+def test_split_bits():
+    from lab.undirected.gpu_update import split_bits
+    assert split_bits(25) == (13, 12) and split_bits(1) == (1, 0) and split_bits(0) == (0, 0)
+
+
+class _Scripted:
+    """A stand-in random stream that hands out prescribed uniforms in order."""
+
+    def __init__(self, arrays):
+        self.arrays = list(arrays)
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype=np.float32):
+        a = self.arrays.pop(0)
+        assert a.shape == tuple(shape), (a.shape, shape)
+        return a.astype(dtype)
+
+
+@pytest.mark.parametrize("algorithm", ["pcd", "fpcd"])
+def test_reference_update_matches_binary_rbm(algorithm, rng):
+    """reference_update (what the GPU kernels are checked against) is BinaryRBM's update."""
+    from lab.undirected import BinaryRBM
+    from lab.undirected.gpu_update import reference_update
+    nv, nh, n = 12, 7, 6
+    X = (rng.random((40, nv)) < 0.4).astype(np.float32)
+    rbm = BinaryRBM(n_hidden=nh, algorithm=algorithm, batch_size=n, n_fantasy=5, learning_rate=0.05,
+                    fast_learning_rate=0.03, weight_decay=0.001, random_state=0, binarize=False,
+                    learning_rate_schedule="constant", n_jobs=1)
+    rbm.partial_fit(X[:n])
+    rbm.partial_fit(X[n:2 * n])          # particles and overlays are non-trivial now
+    before = [np.array(a) for a in (rbm.components_, rbm.intercept_visible_, rbm.intercept_hidden_,
+                                    rbm.fantasy_particles_)]
+    fast = None
+    if algorithm == "fpcd":
+        fast = tuple(np.array(a) for a in (rbm.fast_components_, rbm.fast_intercept_visible_,
+                                           rbm.fast_intercept_hidden_))
+    u_h = rng.random((5, nh)).astype(np.float32)
+    u_v = rng.random((5, nv)).astype(np.float32)
+    rbm._phases.stream = _Scripted([u_h, u_v])
+    v = X[2 * n:3 * n]
+    rbm.partial_fit(v)
+    W, b, c, particles, new_fast = reference_update(
+        *before, v, u_h, u_v, fast=fast, lr=0.05, fast_lr=0.03, fast_decay=rbm.fast_decay,
+        weight_decay=0.001)
+    np.testing.assert_array_equal(particles, rbm.fantasy_particles_)
+    for ours, theirs in ((W, rbm.components_), (b, rbm.intercept_visible_), (c, rbm.intercept_hidden_)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    if fast is not None:
+        for ours, theirs in zip(new_fast, (rbm.fast_components_, rbm.fast_intercept_visible_,
+                                           rbm.fast_intercept_hidden_)):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
