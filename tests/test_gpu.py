@@ -1,0 +1,55 @@
+"""GPU kernels against the CPU path on the same inputs (marked ``gpu``: skipped without a
+device). The checks are benchmarks/gpu_check.py's sections at small sizes, so the test
+suite and the one-shot device script judge with the same code; the dry run of that
+script (no CuPy) is tested here too and runs everywhere."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def test_gpu_check_dry_run(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--cpu-dry-run", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["dry_run"] and res["card"] == "cpu-dry-run"
+    # only a missing torch may stop a section in the dry run
+    assert all("torch is not installed" in v for v in res["errors"].values()), res["errors"]
+    assert all(c["ok"] for s in res["checks"].values() for c in s.values() if isinstance(c, dict))
+    assert "ais" in res["timings"] and "log_z_small" in res["timings"]
+    printed = capsys.readouterr().out
+    assert printed.rstrip().splitlines()[-1].startswith("wrote ")
+    assert "checks:" in printed
+
+
+def test_gpu_check_rejects_unknown_section():
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--cpu-dry-run", "--sections", "nope"])
+
+
+def _small_ctx():
+    ctx = gpu_check.Ctx(dry=False)
+    ctx.render = dict(B=12, K=3, T=6, H=14)
+    ctx.rbm = dict(nv=64, nh=32, n=16)
+    ctx.logz_small = (40, 10)
+    ctx.logz_big = (40, 12)
+    ctx.inner, ctx.outer = 2, 2
+    return ctx
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("section", [name for name, _ in gpu_check.SECTIONS])
+def test_gpu_section(section):
+    ctx = _small_ctx()
+    res = {"checks": {}, "timings": {}, "errors": {}}
+    dict(gpu_check.SECTIONS)[section](ctx, res)
+    failed = {f"{s}/{k}": c for s, cs in res["checks"].items() for k, c in cs.items()
+              if isinstance(c, dict) and not c["ok"]}
+    assert not failed, failed
+    assert res["checks"], "no checks ran"
