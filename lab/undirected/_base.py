@@ -182,11 +182,16 @@ def softplus(x, xp=np):
 
 
 def sigmoid_(x, xp=np):
-    """Logistic sigmoid in place (via tanh: one transcendental, no overflow warnings)."""
-    x *= 0.5
-    xp.tanh(x, out=x)
-    x *= 0.5
-    x += 0.5
+    """Logistic sigmoid in place: 1 / (1 + exp(-x)); exp(-x) overflowing to inf for
+    very negative x gives exactly 0 (numpy's float32 exp is ~1.4x faster than tanh)."""
+    xp.negative(x, out=x)
+    if xp is np:
+        with np.errstate(over="ignore"):
+            xp.exp(x, out=x)
+    else:
+        xp.exp(x, out=x)
+    x += 1
+    xp.reciprocal(x, out=x)
     return x
 
 

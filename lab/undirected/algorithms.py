@@ -13,11 +13,11 @@ biases and the hidden biases (ascent direction). They differ only in where the
 ``fpcd``  fast PCD (3.2.4): PCD whose particles move under slow + fast weights
 ========  ==========================================================================
 
-The persistent estimators follow the pseudocode of 3.2.4 step by step: the negative
-statistics are taken from the particles *before* they move (step 3), then the particles
-make one full Gibbs update (step 4) under the weights the negative phase used (the fast
-weights for FPCD; for PCD those are the slow weights, so FPCD with a zero fast learning
-rate is PCD, bit for bit).
+The persistent estimators (``BinaryRBM._persistent_update``) follow the pseudocode of
+3.2.4 step by step: the negative statistics are taken from the particles *before* they
+move (step 3), then the particles make one full Gibbs update (step 4) under the weights
+the negative phase used (the fast weights for FPCD; for PCD those are the slow weights,
+so FPCD with a zero fast learning rate is PCD, bit for bit).
 
 The visible layer is a :class:`VisibleLayer`: all binary, or binary units followed by
 one softmax group (the label unit of the classification RBM, 3.3.3).
@@ -116,20 +116,22 @@ class Phases:
         self.hidden_slices = _split(n_hidden, n)
         self.visible_slices = _split(n_visible, n, keep_tail=visible.n_softmax)
 
-    def hidden(self, v, W, c, u=None):
-        """P(h | v) and, given uniforms ``u``, a sample: ``(probs, sample or None)``."""
+    def hidden(self, v, W, c, u=None, meanwhile=None):
+        """P(h | v) and, given uniforms ``u``, a sample: ``(probs, sample or None)``.
+        ``meanwhile()`` runs in the calling thread while the workers compute."""
         xp = self.xp
         probs = xp.empty((v.shape[0], self.n_hidden), dtype=v.dtype)
         sample = None if u is None else xp.empty_like(probs)
 
         def step(sl):
-            pre = v @ W[sl].T
+            pre = probs[:, sl]
+            xp.matmul(v, W[sl].T, out=pre)
             pre += c[sl]
-            probs[:, sl] = sigmoid_(pre, xp)
+            sigmoid_(pre, xp)
             if u is not None:
-                sample[:, sl] = u[:, sl] < probs[:, sl]
+                xp.less(u[:, sl], pre, out=sample[:, sl])
 
-        self.runner.run(step, self.hidden_slices)
+        self.runner.run(step, self.hidden_slices, meanwhile)
         return probs, sample
 
     def visible_mean(self, h, W, b):
@@ -144,9 +146,12 @@ class Phases:
         self.runner.run(step, self.visible_slices)
         return out
 
-    def visible_sample(self, h, W, b):
+    def visible_sample(self, h, W, b, u=None):
+        """A sample of the visible layer given ``h`` (``u``: this layer's uniforms from
+        :meth:`visible_uniforms`, drawn here when not given)."""
         xp = self.xp
-        u = self.visible.uniforms(h.shape[0], self.n_visible, self.stream, h.dtype)
+        if u is None:
+            u = self.visible_uniforms(h.shape[0], h.dtype)
         out = xp.empty((h.shape[0], self.n_visible), dtype=h.dtype)
 
         def step(sl):
@@ -156,6 +161,9 @@ class Phases:
 
         self.runner.run(step, self.visible_slices)
         return out
+
+    def visible_uniforms(self, n, dtype=DEFAULT_FLOAT):
+        return self.visible.uniforms(n, self.n_visible, self.stream, dtype)
 
     def hidden_uniforms(self, n):
         return self.stream.uniform((n, self.n_hidden), dtype=DEFAULT_FLOAT)
@@ -185,34 +193,6 @@ def mfcd_statistics(ph: Phases, v_pos, W, b, c, k):
         v = ph.visible_mean(h, W, b)
         h, _ = ph.hidden(v, W, c)
     return h_pos, v, h
-
-
-def persistent_statistics(ph: Phases, v_pos, particles, W, c, neg_params):
-    """PCD / FPCD, steps 2-4 of the pseudocode in 3.2.4.
-
-    ``neg_params = (Wn, bn, cn)`` are the weights of the negative phase: the slow weights
-    for PCD, slow + fast overlay for FPCD. Returns ``(h_pos, h_neg, new_particles)``;
-    the negative statistics use the particles *before* their Gibbs update.
-    """
-    Wn, bn, cn = neg_params
-    u_h = ph.hidden_uniforms(particles.shape[0])
-    h_pos, _ = ph.hidden(v_pos, W, c)                        # step 2 (slow weights)
-    h_neg, h_sample = ph.hidden(particles, Wn, cn, u_h)      # step 3 (fast weights)
-    new_particles = ph.visible_sample(h_sample, Wn, bn)      # step 4: full Gibbs update
-    return h_pos, h_neg, new_particles
-
-
-def statistics_gradient(v_pos, h_pos, v_neg, h_neg, xp):
-    """Positive minus negative sufficient statistics, each averaged over its own batch
-    (one matrix product: [h_pos/n, -h_neg/m]^T [v_pos; v_neg])."""
-    hcat, vcat = stacked_statistics(v_pos, h_pos, v_neg, h_neg, xp)
-    return hcat.T @ vcat, vcat_bias(v_pos, v_neg), h_pos.mean(axis=0) - h_neg.mean(axis=0)
-
-
-def stacked_statistics(v_pos, h_pos, v_neg, h_neg, xp):
-    hcat = xp.concatenate([h_pos * (1.0 / h_pos.shape[0]), h_neg * (-1.0 / h_neg.shape[0])])
-    vcat = xp.concatenate([v_pos, v_neg])
-    return hcat, vcat
 
 
 def vcat_bias(v_pos, v_neg):

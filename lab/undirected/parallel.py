@@ -96,10 +96,21 @@ class Slices:
         self.n_jobs = max(1, int(n_jobs))
         self._pool = pool(self.n_jobs) if self.n_jobs > 1 else None
 
-    def run(self, fn, slices) -> None:
+    def run(self, fn, slices, meanwhile=None) -> None:
+        """``fn`` over every slice; ``meanwhile()`` (work that does not touch what ``fn``
+        reads or writes, e.g. drawing the next step's random numbers) runs in the calling
+        thread while the workers compute, and before them when there are none, so the
+        calling thread's order of work is the same either way."""
         if self._pool is None or len(slices) == 1:
+            if meanwhile is not None:
+                meanwhile()
             for s in slices:
                 fn(s)
             return
-        for f in [self._pool.submit(fn, s) for s in slices]:
-            f.result()
+        futures = [self._pool.submit(fn, s) for s in slices]
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            for f in futures:
+                f.result()

@@ -21,7 +21,7 @@ from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
 from lab.undirected import algorithms as alg
 from lab.undirected import parallel
 from lab.undirected.parallel import single_threaded_blas_on_cpu
-from lab.undirected._base import Estimator, ScheduledTrainer, check_data, make_stream
+from lab.undirected._base import Estimator, ScheduledTrainer, check_data, make_stream, sigmoid_
 from lab.undirected.partition import rbm_free_energy, rbm_log_partition
 
 
@@ -192,46 +192,119 @@ class _RBMBase(ScheduledTrainer, Estimator):
             gW, gb, gc = alg.pl_gradient(v_pos, W, b, c, xp)
             self._apply_rows(slice(None), gW, lr)
             self._apply_biases(gb, gc, lr)
+        elif algorithm in alg.PERSISTENT:
+            self._persistent_update(v_pos, lr)
         else:
             if algorithm == "cd":
                 h_pos, v_neg, h_neg = alg.cd_statistics(ph, v_pos, W, b, c, self.cd_k)
-            elif algorithm == "mfcd":
-                h_pos, v_neg, h_neg = alg.mfcd_statistics(ph, v_pos, W, b, c, self.cd_k)
             else:
-                if algorithm == "fpcd":
-                    neg = (W + self.fast_components_, b + self.fast_intercept_visible_,
-                           c + self.fast_intercept_hidden_)
-                else:
-                    neg = (W, b, c)
-                v_neg = self.fantasy_particles_
-                h_pos, h_neg, self.fantasy_particles_ = alg.persistent_statistics(
-                    ph, v_pos, v_neg, W, c, neg)
+                h_pos, v_neg, h_neg = alg.mfcd_statistics(ph, v_pos, W, b, c, self.cd_k)
             self._apply_statistics(v_pos, h_pos, v_neg, h_neg, lr)
         self._visible_sum += v_pos.sum(axis=0)
         self._n_seen += v_pos.shape[0]
         self.n_updates_ += 1
         self.learning_rate_ = lr
 
-    def _apply_statistics(self, v_pos, h_pos, v_neg, h_neg, lr: float) -> None:
-        """Step 5-7 of 3.2.4: g = positive - negative statistics, one matrix product per
-        slice of hidden units, applied to those rows of the weights in the same thread."""
+    def _persistent_update(self, v_pos, lr: float) -> None:
+        """PCD / FPCD: steps 2-7 of the pseudocode in 3.2.4, in one pass of the workers.
+
+        Each worker owns a slice of the hidden units and, for it: P(h | v_pos) under the
+        slow weights (step 2) and P(h | particles) under the negative-phase weights
+        (step 3: slow for PCD, slow + fast overlay for FPCD), the particles' hidden sample
+        and that slice's share of the visible pre-activation for the Gibbs update
+        (step 4, taken before the weights move), then the gradient of its rows (one
+        product ``[h_pos/n; -h_neg/m]^T [v_pos; particles]``) and their update (steps
+        5-7). The calling thread meanwhile draws the visible uniforms; it then finishes
+        step 4 (sum of the shares, sample) and updates the biases. One hand-off per
+        update: on a VM, waking a sleeping worker costs as much as a small product.
+        PCD and FPCD do the same arithmetic, so a zero fast learning rate gives PCD bit
+        for bit.
+        """
         xp = self._xp
-        hcat, vcat = alg.stacked_statistics(v_pos, h_pos, v_neg, h_neg, xp)
+        W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
+        if self.algorithm == "fpcd":
+            Wn, bn, cn = (W + self.fast_components_, b + self.fast_intercept_visible_,
+                          c + self.fast_intercept_hidden_)
+        else:
+            Wn, bn, cn = W, b, c
+        particles = self.fantasy_particles_
+        n, m = v_pos.shape[0], particles.shape[0]
+        ph = self._phases
+        slices = ph.hidden_slices
+        u_h = ph.hidden_uniforms(m)
+        V = xp.concatenate([v_pos, particles])
+        H = xp.empty((n + m, W.shape[0]), dtype=W.dtype)
+        gc = xp.empty(W.shape[0], dtype=W.dtype)
+        shares = [None] * len(slices)
+        folded = lr > 0 and self._velocity is None
+        scale = lr if folded else 1.0
+
+        def work(k):
+            sl = slices[k]
+            hs = H[:, sl]
+            xp.matmul(v_pos, W[sl].T, out=hs[:n])                # step 2
+            hs[:n] += c[sl]
+            xp.matmul(particles, Wn[sl].T, out=hs[n:])           # step 3
+            hs[n:] += cn[sl]
+            sigmoid_(hs, xp)
+            h_sample = xp.less(u_h[:, sl], hs[n:]).astype(hs.dtype)
+            shares[k] = h_sample @ Wn[sl]                        # step 4, this slice's share
+            gc[sl] = hs[:n].mean(axis=0) - hs[n:].mean(axis=0)
+            hs[:n] *= scale / n
+            hs[n:] *= -scale / m
+            self._apply_rows(sl, hs.T @ V, lr, folded)           # steps 5-7
+
+        extra = []
+        ph.runner.run(work, range(len(slices)), meanwhile=lambda: extra.extend(
+            (ph.visible_uniforms(m, particles.dtype), alg.vcat_bias(v_pos, particles))))
+        u_v, gb = extra
+        pre = shares[0]
+        for share in shares[1:]:
+            pre += share
+        pre += bn
+        self.fantasy_particles_ = self._visible.sample_(pre, u_v, xp)   # step 4: new particles
+        self._apply_biases(gb, gc, lr)
+
+    def _apply_statistics(self, v_pos, h_pos, v_neg, h_neg, lr: float) -> None:
+        """Steps 5-7 of 3.2.4 for CD and MF-CD: g = positive - negative statistics, one
+        matrix product ``[h_pos/n; -h_neg/m]^T [v_pos; v_neg]`` per slice of hidden units,
+        applied to those rows of the weights in the same thread. Without momentum the
+        learning rate is folded into the product, which is then the step itself."""
+        xp = self._xp
+        n, m = v_pos.shape[0], v_neg.shape[0]
+        vcat, hcat = xp.concatenate([v_pos, v_neg]), xp.concatenate([h_pos, h_neg])
+        folded = lr > 0 and self._velocity is None
+        scale = lr if folded else 1.0
+        gc = xp.empty(hcat.shape[1], dtype=hcat.dtype)
+        gb = []
 
         def rows(sl):
-            self._apply_rows(sl, hcat[:, sl].T @ vcat, lr)
+            hs = hcat[:, sl]
+            gc[sl] = hs[:n].mean(axis=0) - hs[n:].mean(axis=0)
+            hs[:n] *= scale / n
+            hs[n:] *= -scale / m
+            self._apply_rows(sl, hs.T @ vcat, lr, folded)
 
-        self._phases.runner.run(rows, self._phases.hidden_slices)
-        self._apply_biases(alg.vcat_bias(v_pos, v_neg), h_pos.mean(axis=0) - h_neg.mean(axis=0), lr)
+        self._phases.runner.run(rows, self._phases.hidden_slices,
+                                meanwhile=lambda: gb.append(alg.vcat_bias(v_pos, v_neg)))
+        self._apply_biases(gb[0], gc, lr)
 
-    def _apply_rows(self, sl, G, lr: float) -> None:
-        """Update weight rows ``sl`` with the gradient estimate ``G`` (overwritten)."""
+    def _apply_rows(self, sl, G, lr: float, folded: bool = False) -> None:
+        """Update weight rows ``sl`` with the gradient estimate ``G`` (overwritten), or
+        with ``G = lr * gradient`` when ``folded``."""
         W = self.components_
         if self.algorithm == "fpcd":
             # step 7: theta_delta = lambda * theta_delta + g * fast learning rate
             fast = self.fast_components_[sl]
             fast *= self.fast_decay
-            fast += self.effective_fast_learning_rate_ * G
+            flr = self.effective_fast_learning_rate_
+            fast += (flr / lr if folded else flr) * G
+        if folded:
+            # step 6: theta_slow += g * learning rate, with the weight decay term
+            if self.weight_decay:
+                W[sl] *= 1.0 - lr * self.weight_decay           # slow weights only
+            W[sl] += G
+            return
         if self.weight_decay:
             G -= self.weight_decay * W[sl]                       # slow weights only
         # step 6: theta_slow += g * learning rate (with optional momentum)
