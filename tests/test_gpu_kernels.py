@@ -155,3 +155,86 @@ def test_reference_update_matches_binary_rbm(algorithm, rng):
         for ours, theirs in zip(new_fast, (rbm.fast_components_, rbm.fast_intercept_visible_,
                                            rbm.fast_intercept_hidden_)):
             np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+_RENDER_HARNESS = r"""
+#include <cstdio>
+#include <vector>
+#include "render.cu"
+// Runs render.cu's per-pixel functions serially on the host: the kernels' arithmetic
+// (coordinates, cells, values, per-pixel gradients) without a GPU.
+int main(int argc, char** argv) {
+    FILE* f = fopen(argv[1], "rb");
+    int d[6];
+    if (fread(d, sizeof(int), 6, f) != 6) return 1;
+    const int B = d[0], K = d[1], T0 = d[2], T1 = d[3], H = d[4], W = d[5], N = H * W, TT = T0 * T1;
+    std::vector<float> t(K * TT), m(B * K * 9), a(B * K), gy((size_t)B * K * N);
+    if (fread(t.data(), 4, t.size(), f) != t.size() || fread(m.data(), 4, m.size(), f) != m.size() ||
+        fread(a.data(), 4, a.size(), f) != a.size() || fread(gy.data(), 4, gy.size(), f) != gy.size()) return 1;
+    fclose(f);
+    std::vector<float> y((size_t)B * K * N), gt(K * TT, 0.f), gm(B * K * 9, 0.f), gi(B * K, 0.f);
+    for (long long i = 0; i < (long long)y.size(); ++i)
+        y[i] = forward_pixel(t.data(), m.data(), a.data(), i, K, T0, T1, H, W);
+    for (int k = 0; k < K; ++k)
+        for (int b = 0; b < B; ++b) {
+            const long long bk = (long long)b * K + k;
+            const Pose<float> P = load_pose(m.data() + bk * 9, T0, T1);
+            float s[7] = {0, 0, 0, 0, 0, 0, 0};
+            for (int pix = 0; pix < N; ++pix)
+                backward_pixel(t.data() + k * TT, P, a[bk], gy[bk * N + pix], pix, T0, T1, H, W,
+                               true, true, gt.data() + k * TT, s);
+            for (int j = 0; j < 3; ++j) { gm[bk * 9 + j] = T0 * s[j]; gm[bk * 9 + 3 + j] = T1 * s[3 + j]; }
+            gi[bk] = s[6];
+        }
+    FILE* o = fopen(argv[2], "wb");
+    fwrite(y.data(), 4, y.size(), o); fwrite(gt.data(), 4, gt.size(), o);
+    fwrite(gm.data(), 4, gm.size(), o); fwrite(gi.data(), 4, gi.size(), o);
+    fclose(o);
+    return 0;
+}
+"""
+
+
+@needs_nvcc
+def test_render_kernel_arithmetic_matches_numpy_op(tmp_path):
+    """render.cu's per-pixel functions, compiled for the host, against the numpy op:
+    the same images bit for bit where numpy rounds as IEEE float32 without FMAs (this
+    machine), the same gradients to float32 accuracy."""
+    import lab.autodiff as ad
+    from lab.graphics.acr import render_templates
+    sys.path.insert(0, str(KERNEL_DIR.parents[2] / "benchmarks"))
+    from bench_render import make_problem
+    B, K, T, H = 7, 3, 6, 12
+    p = make_problem(B, K, T, H, seed=3, poses="parts")
+    p["matrices"][2, 1, 0, 2] = np.nan                      # a non-finite pose: a NaN canvas
+    rng = np.random.default_rng(4)
+    gy = rng.standard_normal((B, K, H, H)).astype(np.float32)
+    xs = [ad.Tensor(p[k], requires_grad=True) for k in ("templates", "matrices", "intensity")]
+    y = render_templates(*xs, (H, H))
+    ok = np.isfinite(p["matrices"]).all(axis=(2, 3))
+    y.backward(np.where(ok[:, :, None, None], gy, 0).astype(np.float32))
+    (tmp_path / "h.cu").write_text(_RENDER_HARNESS)
+    exe = tmp_path / "h"
+    res = subprocess.run([NVCC, "-std=c++17", "-Xcompiler", "-ffp-contract=off", f"-I{KERNEL_DIR}",
+                          "-o", str(exe), str(tmp_path / "h.cu")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    inp = tmp_path / "in.bin"
+    with open(inp, "wb") as f:
+        np.asarray([B, K, T, T, H, H], np.int32).tofile(f)
+        for a in (p["templates"], p["matrices"], p["intensity"], np.where(ok[:, :, None, None], gy, 0)):
+            np.ascontiguousarray(a, np.float32).tofile(f)
+    out = tmp_path / "out.bin"
+    subprocess.run([str(exe), str(inp), str(out)], check=True, timeout=60)
+    flat = np.fromfile(out, np.float32)
+    sizes = [B * K * H * H, K * T * T, B * K * 9, B * K]
+    yk, gt, gm, gi = np.split(flat, np.cumsum(sizes)[:-1])
+    yk = yk.reshape(B, K, H, H)
+    assert np.isnan(yk[2, 1]).all() and np.isnan(y.data[2, 1]).all()
+    np.testing.assert_array_equal(yk[ok], y.data[ok])
+    gm = gm.reshape(B, K, 3, 3)
+
+    def rel(a, b):
+        return np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert rel(gt.reshape(K, T, T), xs[0].grad) < 1e-5
+    assert rel(gm[ok], xs[1].grad[ok]) < 1e-5
+    assert rel(gi.reshape(B, K)[ok], xs[2].grad[ok]) < 1e-5

@@ -5,24 +5,46 @@
 // Exact IEEE arithmetic (never contracted into FMAs), used where the kernels must
 // reproduce numpy's float rounding bit for bit: template coordinates decide the
 // bilinear cell, and a coordinate rounded differently can land in the next cell.
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
-__device__ __forceinline__ float floor_(float x) { return floorf(x); }
-__device__ __forceinline__ double floor_(double x) { return ::floor(x); }
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return ::exp(x); }
-__device__ __forceinline__ float log_(float x) { return logf(x); }
-__device__ __forceinline__ double log_(double x) { return ::log(x); }
-__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
-__device__ __forceinline__ double log1p_(double x) { return ::log1p(x); }
-__device__ __forceinline__ bool finite_(float x) { return isfinite(x); }
-__device__ __forceinline__ bool finite_(double x) { return isfinite(x); }
+#ifdef __CUDA_ARCH__
+__host__ __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__host__ __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__host__ __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__host__ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__host__ __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__host__ __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__host__ __device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__host__ __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+#else
+// host builds (the CPU test harness, compiled without FMA contraction): plain IEEE ops
+__host__ __device__ __forceinline__ float mul_rn(float a, float b) { return a * b; }
+__host__ __device__ __forceinline__ double mul_rn(double a, double b) { return a * b; }
+__host__ __device__ __forceinline__ float add_rn(float a, float b) { return a + b; }
+__host__ __device__ __forceinline__ double add_rn(double a, double b) { return a + b; }
+__host__ __device__ __forceinline__ float sub_rn(float a, float b) { return a - b; }
+__host__ __device__ __forceinline__ double sub_rn(double a, double b) { return a - b; }
+__host__ __device__ __forceinline__ float div_rn(float a, float b) { return a / b; }
+__host__ __device__ __forceinline__ double div_rn(double a, double b) { return a / b; }
+#endif
+__host__ __device__ __forceinline__ float floor_(float x) { return floorf(x); }
+__host__ __device__ __forceinline__ double floor_(double x) { return ::floor(x); }
+__host__ __device__ __forceinline__ float exp_(float x) { return expf(x); }
+__host__ __device__ __forceinline__ double exp_(double x) { return ::exp(x); }
+__host__ __device__ __forceinline__ float log_(float x) { return logf(x); }
+__host__ __device__ __forceinline__ double log_(double x) { return ::log(x); }
+__host__ __device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
+__host__ __device__ __forceinline__ double log1p_(double x) { return ::log1p(x); }
+__host__ __device__ __forceinline__ bool finite_(float x) { return isfinite(x); }
+__host__ __device__ __forceinline__ bool finite_(double x) { return isfinite(x); }
+
+// atomicAdd on the device; a plain add in host builds (the harness runs serially)
+template <typename T>
+__host__ __device__ __forceinline__ void acc_add(T* p, T v) {
+#ifdef __CUDA_ARCH__
+    atomicAdd(p, v);
+#else
+    *p += v;
+#endif
+}
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -30,9 +52,14 @@ __device__ __forceinline__ T warp_sum(T v) {
     return v;
 }
 
-template <typename T> __device__ __forceinline__ T qnan_();
-template <> __device__ __forceinline__ float qnan_<float>() { return __int_as_float(0x7fc00000); }
-template <> __device__ __forceinline__ double qnan_<double>() { return __longlong_as_double(0x7ff8000000000000ULL); }
+template <typename T> __host__ __device__ __forceinline__ T qnan_();
+#ifdef __CUDA_ARCH__
+template <> __host__ __device__ __forceinline__ float qnan_<float>() { return __int_as_float(0x7fc00000); }
+template <> __host__ __device__ __forceinline__ double qnan_<double>() { return __longlong_as_double(0x7ff8000000000000ULL); }
+#else
+template <> __host__ __device__ __forceinline__ float qnan_<float>() { return __builtin_nanf(""); }
+template <> __host__ __device__ __forceinline__ double qnan_<double>() { return __builtin_nan(""); }
+#endif
 template <typename T> __device__ __forceinline__ T inf_();
 template <> __device__ __forceinline__ float inf_<float>() { return __int_as_float(0x7f800000); }
 template <> __device__ __forceinline__ double inf_<double>() { return __longlong_as_double(0x7ff0000000000000ULL); }

@@ -17,7 +17,7 @@ struct Pose {
 
 // numpy: coef = m[:2] * (T0, T1); coef[:, 2] += PAD - 0.5
 template <typename T>
-__device__ __forceinline__ Pose<T> load_pose(const T* m, int T0, int T1) {
+__host__ __device__ __forceinline__ Pose<T> load_pose(const T* m, int T0, int T1) {
     Pose<T> P;
     const T m00 = m[0], m01 = m[1], m02 = m[2], m10 = m[3], m11 = m[4], m12 = m[5];
     P.finite = finite_(m00) && finite_(m01) && finite_(m02) && finite_(m10) && finite_(m11) && finite_(m12);
@@ -29,11 +29,11 @@ __device__ __forceinline__ Pose<T> load_pose(const T* m, int T0, int T1) {
 
 // lab.graphics.frames.pixel_centres: (i + 0.5) / n
 template <typename T>
-__device__ __forceinline__ T centre(int i, int n) { return div_rn(add_rn((T)i, (T)0.5), (T)n); }
+__host__ __device__ __forceinline__ T centre(int i, int n) { return div_rn(add_rn((T)i, (T)0.5), (T)n); }
 
 // numpy's einsum order: (c0 p0 + c1 p1) + c2
 template <typename T>
-__device__ __forceinline__ T coord(T c0, T c1, T c2, T p0, T p1) {
+__host__ __device__ __forceinline__ T coord(T c0, T c1, T c2, T p0, T p1) {
     return add_rn(add_rn(mul_rn(c0, p0), mul_rn(c1, p1)), c2);
 }
 
@@ -46,14 +46,14 @@ struct Sample {
 };
 
 template <typename T>
-__device__ __forceinline__ T tpix(const T* t, int T0, int T1, int r, int c) {
+__host__ __device__ __forceinline__ T tpix(const T* t, int T0, int T1, int r, int c) {
     return (r >= 0 && r < T0 && c >= 0 && c < T1) ? t[r * T1 + c] : (T)0;
 }
 
 // The bilinear sample at padded coordinates (up, vp), with numpy's cell polynomial
 // c0 + c1 wv + c2 wu + c3 wu wv evaluated in its order.
 template <typename T>
-__device__ __forceinline__ Sample<T> bilinear(const T* t, int T0, int T1, T up, T vp) {
+__host__ __device__ __forceinline__ Sample<T> bilinear(const T* t, int T0, int T1, T up, T vp) {
     Sample<T> s;
     s.inside = up > (T)(PAD - 1) && up < (T)(T0 + PAD) && vp > (T)(PAD - 1) && vp < (T)(T1 + PAD);
     s.r = s.c = 0;
@@ -76,23 +76,39 @@ __device__ __forceinline__ Sample<T> bilinear(const T* t, int T0, int T1, T up, 
 
 // The four corner weights of d value / d template, added to acc (a T0 x T1 array).
 template <typename T>
-__device__ __forceinline__ void scatter_template(T* acc, int T0, int T1, const Sample<T>& s, T g) {
+__host__ __device__ __forceinline__ void scatter_template(T* acc, int T0, int T1, const Sample<T>& s, T g) {
     const T a11 = g * s.wu * s.wv;
     const T a01 = g * s.wv - a11;
     const T a10 = g * s.wu - a11;
     const T a00 = g - a01 - a10 - a11;
     const int r = s.r, c = s.c;
     if (r >= 0) {
-        if (c >= 0) atomicAdd(&acc[r * T1 + c], a00);
-        if (c + 1 < T1) atomicAdd(&acc[r * T1 + c + 1], a01);
+        if (c >= 0) acc_add(&acc[r * T1 + c], a00);
+        if (c + 1 < T1) acc_add(&acc[r * T1 + c + 1], a01);
     }
     if (r + 1 < T0) {
-        if (c >= 0) atomicAdd(&acc[(r + 1) * T1 + c], a10);
-        if (c + 1 < T1) atomicAdd(&acc[(r + 1) * T1 + c + 1], a11);
+        if (c >= 0) acc_add(&acc[(r + 1) * T1 + c], a10);
+        if (c + 1 < T1) acc_add(&acc[(r + 1) * T1 + c + 1], a11);
     }
 }
 
 // -- forward: one thread per output pixel of every canvas -------------------------
+// Output element idx of the (B, K, H, W) array (host builds: the CPU test harness).
+template <typename T>
+__host__ __device__ __forceinline__ T forward_pixel(const T* tmpl, const T* m, const T* inten,
+                                                   long long idx, int K, int T0, int T1, int H, int W) {
+    const int N = H * W;
+    const int pix = (int)(idx % N);
+    const long long bk = idx / N;
+    const int k = (int)(bk % K);
+    const Pose<T> P = load_pose(m + bk * 9, T0, T1);
+    if (!P.finite) return qnan_<T>();
+    const T p0 = centre<T>(pix / W, H), p1 = centre<T>(pix % W, W);
+    const Sample<T> s = bilinear(tmpl + (long long)k * T0 * T1, T0, T1,
+                                 coord(P.cu0, P.cu1, P.cu2, p0, p1), coord(P.cv0, P.cv1, P.cv2, p0, p1));
+    return mul_rn(s.val, inten[bk]);
+}
+
 template <typename T>
 __device__ void render_forward(const T* __restrict__ tmpl, const T* __restrict__ m,
                                const T* __restrict__ inten, T* __restrict__ y,
@@ -101,20 +117,31 @@ __device__ void render_forward(const T* __restrict__ tmpl, const T* __restrict__
     const long long total = (long long)B * K * N;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        const int pix = (int)(idx % N);
-        const long long bk = idx / N;
-        const int k = (int)(bk % K);
-        const Pose<T> P = load_pose(m + bk * 9, T0, T1);
-        if (!P.finite) { y[idx] = qnan_<T>(); continue; }
-        const T p0 = centre<T>(pix / W, H), p1 = centre<T>(pix % W, W);
-        const Sample<T> s = bilinear(tmpl + (long long)k * T0 * T1, T0, T1,
-                                     coord(P.cu0, P.cu1, P.cu2, p0, p1),
-                                     coord(P.cv0, P.cv1, P.cv2, p0, p1));
-        y[idx] = mul_rn(s.val, inten[bk]);
+        y[idx] = forward_pixel(tmpl, m, inten, idx, K, T0, T1, H, W);
     }
 }
 
 // -- backward: grid (K, blocks); one warp per canvas (b, k) ------------------------
+// One pixel's share: matrix sums s[0..5] (before the T0/T1 factors), intensity s[6],
+// template gradients into acc (null: not wanted).
+template <typename T>
+__host__ __device__ __forceinline__ void backward_pixel(const T* t, const Pose<T>& P, T a, T gin, int pix,
+                                                       int T0, int T1, int H, int W, bool need_m,
+                                                       bool need_i, T* acc, T* s) {
+    const T p0 = centre<T>(pix / W, H), p1 = centre<T>(pix % W, W);
+    const Sample<T> sm = bilinear(t, T0, T1, coord(P.cu0, P.cu1, P.cu2, p0, p1),
+                                  coord(P.cv0, P.cv1, P.cv2, p0, p1));
+    if (!sm.inside) return;
+    const T g = gin * a;
+    if (need_m) {
+        const T gu = sm.du * g, gv = sm.dv * g;
+        s[0] += gu * p0; s[1] += gu * p1; s[2] += gu;
+        s[3] += gv * p0; s[4] += gv * p1; s[5] += gv;
+    }
+    if (need_i) s[6] += gin * sm.val;
+    if (acc) scatter_template(acc, T0, T1, sm, g);
+}
+
 // Matrix (top two rows) and intensity gradients: warp sums, written without atomics.
 // Template gradients: per-block shared-memory sums (all the block's canvases show the
 // same template), then one global atomic per template pixel and block.
@@ -142,21 +169,8 @@ __device__ void render_backward(const T* __restrict__ tmpl, const T* __restrict_
         const T a = inten[bk];
         T s[7] = {0, 0, 0, 0, 0, 0, 0};
         if (P.finite) {
-            for (int pix = lane; pix < N; pix += 32) {
-                const T p0 = centre<T>(pix / W, H), p1 = centre<T>(pix % W, W);
-                const Sample<T> sm = bilinear(t, T0, T1, coord(P.cu0, P.cu1, P.cu2, p0, p1),
-                                              coord(P.cv0, P.cv1, P.cv2, p0, p1));
-                if (!sm.inside) continue;
-                const T gin = gy[bk * N + pix];
-                const T g = gin * a;
-                if (need_m) {
-                    const T gu = sm.du * g, gv = sm.dv * g;
-                    s[0] += gu * p0; s[1] += gu * p1; s[2] += gu;
-                    s[3] += gv * p0; s[4] += gv * p1; s[5] += gv;
-                }
-                if (need_i) s[6] += gin * sm.val;
-                if (need_t) scatter_template(acc, T0, T1, sm, g);
-            }
+            for (int pix = lane; pix < N; pix += 32)
+                backward_pixel(t, P, a, gy[bk * N + pix], pix, T0, T1, H, W, need_m, need_i, acc, s);
         }
 #pragma unroll
         for (int j = 0; j < 7; ++j) s[j] = warp_sum(s[j]);
