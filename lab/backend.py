@@ -137,6 +137,11 @@ class RandomStream:
     checkpoints use. On the GPU it wraps ``cupy.random.default_rng(seed)``; there the
     state is the seed plus a draw counter and a restore replays the counter
     (reproducible, but resume equality is only promised on the CPU).
+
+    On the GPU, draws the host needs (minibatch permutations, scalar integers) come
+    from a companion numpy generator keyed by the same seed, so they never wait for the
+    device; ``set_state`` there re-keys both generators from ``(seed, draws)``: a restored
+    run is deterministic, though not the continuation of the saved one.
     """
 
     def __init__(self, seed: int | None = None, backend: Backend | None = None):
@@ -147,9 +152,13 @@ class RandomStream:
         self._draws = 0
         self._make()
 
-    def _make(self) -> None:
+    def _make(self, key=None) -> None:
         if self.backend.name == "gpu":
-            self._gen = self.backend.xp.random.default_rng(self.seed)
+            # cupy's default_rng takes an int seed; (seed, draws) keys a restored stream
+            dev_seed = self.seed if key is None else int(np.random.SeedSequence(key).generate_state(1)[0])
+            self._gen = self.backend.xp.random.default_rng(dev_seed)
+            host_key = [self.seed, 1] if key is None else list(key) + [1]
+            self._host = np.random.Generator(np.random.PCG64(np.random.SeedSequence(host_key)))
         else:
             self._gen = np.random.Generator(np.random.PCG64(self.seed))
 
@@ -180,14 +189,17 @@ class RandomStream:
         return (u < p).astype(dtype)
 
     def integers(self, low, high=None, size=None):
+        """Random integers; on the GPU a scalar (``size=None``) is drawn on the host."""
         self._count(size)
+        if self.backend.name == "gpu" and size is None:
+            return self._host.integers(low, high)
         return self._gen.integers(low, high, size=size)
 
     def permutation(self, n: int):
         """A random permutation of ``range(n)`` on the CPU (used for minibatch order)."""
         self._count(n)
-        if self.backend.name == "gpu":
-            return self.backend.xp.asnumpy(self._gen.permutation(n))
+        if self.backend.name == "gpu":   # CuPy's Generator has no permutation; the order lives on the host
+            return self._host.permutation(n)
         return self._gen.permutation(n)
 
     def get_state(self) -> dict:
@@ -198,6 +210,13 @@ class RandomStream:
                 "pcg64": _jsonable(self._gen.bit_generator.state)}
 
     def set_state(self, state: dict) -> None:
+        """Restore ``get_state()`` output: exactly on the CPU; on the GPU by re-keying the
+        generators from the state's ``(seed, draws)`` (deterministic, not a continuation)."""
+        if self.backend.name == "gpu":
+            self.seed = int(state["seed"])
+            self._draws = int(state.get("draws", 0))
+            self._make(key=[self.seed, self._draws])
+            return
         if state.get("kind") == "cpu" and self.backend.name == "cpu":
             self.seed = int(state["seed"])
             self._draws = int(state["draws"])

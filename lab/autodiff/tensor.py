@@ -274,6 +274,10 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     if like is not None:
         xp = like.xp
         if isinstance(x, (int, float, bool, np.number)):
+            if xp is not np:
+                # a numpy scalar rides into CuPy kernels as an argument; a 0-d device array
+                # would cost a host->device copy for every constant of every op
+                return Tensor(np.dtype(like.dtype).type(x))
             return Tensor(xp.asarray(x, dtype=like.dtype))
         return Tensor(xp.asarray(x))
     xp = get_array_module(x)

@@ -19,6 +19,12 @@ regularizers of 2.4 (``lab.capsules.regularizers``); the public API
 
 Evaluation "without dropout" (2.6.2) means: no dropout on hidden units, outgoing
 weights halved (``GPNN``), distortions *not* halved, and the manager without noise.
+
+Device: ``build_model(config, backend=get_backend("gpu"))`` initialises the parameters
+exactly as on the CPU (numpy, same seed) and then moves them to CuPy; ``forward`` and
+``loss`` take numpy or device images, and the numpy API (``encode``, ``decode``, ...)
+returns numpy whatever the device. The GPU path is unverified on a device until
+``benchmarks/gpu_check.py`` has run on one.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import numpy as np
 from lab.autodiff import (Tensor, concatenate, dropout, getitem, no_grad, reshape,
                           softplus10)
 from lab.autodiff import sum as tsum
-from lab.backend import DEFAULT_FLOAT, RandomStream
+from lab.backend import CPU, DEFAULT_FLOAT, Backend, RandomStream, to_numpy
 from lab.capsules import regularizers as reg
 from lab.capsules.acr import ACR
 from lab.capsules.ccr import CCR, initial_ac_poses
@@ -51,10 +57,13 @@ class CapsuleAutoencoder(abc.ABC):
     """Base class. ``params``: ``{name: Tensor}`` of every learned array, in a fixed order."""
 
     kind = "base"
+    backend: Backend = CPU
 
-    def __init__(self, config: CapsuleConfig, seed: int = 0, dtype=DEFAULT_FLOAT):
+    def __init__(self, config: CapsuleConfig, seed: int = 0, dtype=DEFAULT_FLOAT,
+                 backend: Backend | None = None):
         self.config = config
         self.dtype = dtype
+        self._offset_cache = None
         self.image_shape = (config.image_size, config.image_size)
         self.n_pixels = config.image_size ** 2
         rng = np.random.default_rng(seed)
@@ -66,6 +75,30 @@ class CapsuleAutoencoder(abc.ABC):
         self._build_decoder(rng)
         self.params: dict[str, Tensor] = {**self.encoder.params, **self._decoder_params()}
         self.full_size_det = reg.full_size_determinant(config.template_size, self.image_shape)
+        if backend is not None and backend.name != "cpu":
+            self.to(backend)
+
+    def to(self, backend: Backend) -> "CapsuleAutoencoder":
+        """Move every parameter to ``backend`` (in place: the Tensors keep their identity,
+        so submodules and optimizers built later see the moved arrays)."""
+        for p in self.params.values():
+            p.data = backend.asarray(p.data, dtype=p.dtype)
+        self.backend = backend
+        self._offset_cache = None
+        return self
+
+    def _device_images(self, images, dtype):
+        """Images as an array on the model's device (numpy input on the CPU unchanged)."""
+        if self.backend.name == "cpu":
+            return np.asarray(to_numpy(images), dtype=dtype)
+        return self.backend.asarray(images, dtype=dtype)
+
+    def _offset(self, x: Tensor) -> Tensor:
+        """The code offset on ``x``'s device and dtype, uploaded once (not every step)."""
+        key = (x.xp.__name__, x.dtype)
+        if self._offset_cache is None or self._offset_cache[0] != key:
+            self._offset_cache = (key, Tensor(x.xp.asarray(self.code_offset, dtype=x.dtype)))
+        return self._offset_cache[1]
 
     # -- what subclasses define ------------------------------------------------------
     @abc.abstractmethod
@@ -91,21 +124,25 @@ class CapsuleAutoencoder(abc.ABC):
     # -- the differentiable pipeline -----------------------------------------------------
     def forward(self, images, train: bool = False, stream: RandomStream | None = None) -> dict:
         """Images (B,H,W) or (B,P) array/Tensor -> dict of Tensors (code parts and rendering)."""
-        x = images if isinstance(images, Tensor) else Tensor(np.asarray(images, dtype=self.dtype))
+        x = images if isinstance(images, Tensor) else Tensor(self._device_images(images, self.dtype))
         x = reshape(x, (x.shape[0], self.n_pixels))
         raw = self.encoder.forward(x, train=train, stream=stream)
-        code = self._split_code(raw + Tensor(x.xp.asarray(self.code_offset, dtype=x.dtype)),
-                                train, stream)
+        code = self._split_code(raw + self._offset(x), train, stream)
         code["raw"] = raw
         out = self._render(code, train, stream)
         out.update(code)
         out["input"] = x
         return out
 
-    def loss(self, images, train: bool = True, stream: RandomStream | None = None):
+    def loss(self, images, train: bool = True, stream: RandomStream | None = None,
+             sync: bool = True):
         """``(loss Tensor, terms, out)``: squared error summed over pixels and averaged over
         cases plus the 2.4 regularizers; ``terms`` their float values (and
-        ``recon_per_pixel``); ``out`` the ``forward`` dict."""
+        ``recon_per_pixel``); ``out`` the ``forward`` dict.
+
+        ``sync=False`` leaves ``terms`` as 0-d arrays on the device (no
+        ``recon_per_pixel``): reading a float from the GPU waits for it, so the trainer
+        converts them all at once, and only on the steps it logs."""
         c = self.config
         out = self.forward(images, train=train, stream=stream)
         B = out["input"].shape[0]
@@ -124,13 +161,15 @@ class CapsuleAutoencoder(abc.ABC):
         total = None
         for t in terms.values():
             total = t if total is None else total + t
+        if not sync:
+            return total, {k: v.data for k, v in terms.items()}, out
         values = {k: float(v.item()) for k, v in terms.items()}
         values["recon_per_pixel"] = values["recon"] / self.n_pixels
         return total, values, out
 
     # -- numpy API ---------------------------------------------------------------------
     def _images(self, images) -> np.ndarray:
-        a = np.asarray(images)
+        a = to_numpy(images)
         if a.dtype == np.uint8:
             a = a.astype(self.dtype) / 255.0
         a = a.astype(self.dtype, copy=False)
@@ -180,7 +219,7 @@ class CapsuleAutoencoder(abc.ABC):
                     batch_size: int = 500) -> np.ndarray:
         """Reconstructions (N,H,W). ``dropout=True``: the training-time network (dropout
         on hidden units and distortions, manager noise) with a stream seeded ``seed``."""
-        stream = RandomStream(seed) if dropout else None
+        stream = RandomStream(seed, self.backend) if dropout else None
 
         def one(a):
             with no_grad():
@@ -200,8 +239,8 @@ class CapsuleAutoencoder(abc.ABC):
     def render_world(self, matrices, intensities) -> np.ndarray:
         """Render ACs from AC-in-world iGeo poses directly: world -> template matrices
         (N,K,3,3) and intensities (N,K,M) -> images (N,H,W) (e.g. MFA means, fig 2.17)."""
-        m = np.asarray(matrices, dtype=self.dtype)
-        i = np.asarray(intensities, dtype=self.dtype).reshape(m.shape[0], m.shape[1], -1)
+        m = self._device_images(matrices, self.dtype)
+        i = self._device_images(intensities, self.dtype).reshape(m.shape[0], m.shape[1], -1)
         with no_grad():
             return render_output(self.acs, Tensor(m), Tensor(i), self.config.output_kind)["output"].numpy()
 
@@ -222,7 +261,7 @@ class CapsuleAutoencoder(abc.ABC):
 
     def _code_tensors(self, code: CapsuleCode) -> dict:
         def t(a):
-            return None if a is None else Tensor(np.asarray(a, dtype=self.dtype))
+            return None if a is None else Tensor(self._device_images(a, self.dtype))
         return {"mixture": t(code.mixture), "poses": t(code.poses),
                 "distortions": t(code.distortions), "logits": t(code.logits)}
 
@@ -243,6 +282,7 @@ class CapsuleAutoencoder(abc.ABC):
             p.data[...] = p.xp.asarray(a, dtype=p.dtype)
         if "const/code_offset" in arrays:
             self.code_offset = np.asarray(arrays["const/code_offset"], dtype=self.dtype)
+            self._offset_cache = None
 
     def _modules(self) -> list:
         mods = [self.encoder, self.acs]
@@ -412,11 +452,13 @@ class MixtureOfCCsAutoencoder(SingleCCAutoencoder):
 MODELS = {"ac": ACAutoencoder, "single_cc": SingleCCAutoencoder, "mixture": MixtureOfCCsAutoencoder}
 
 
-def build_model(config: CapsuleConfig, seed: int = 0, dtype=DEFAULT_FLOAT) -> CapsuleAutoencoder:
+def build_model(config: CapsuleConfig, seed: int = 0, dtype=DEFAULT_FLOAT,
+                backend: Backend | None = None) -> CapsuleAutoencoder:
     """The autoencoder that ``config.model`` names, initialised from ``seed`` (``dtype``
-    float64 for gradient checks)."""
+    float64 for gradient checks) on ``backend`` (default the CPU; the initial values do
+    not depend on it)."""
     try:
         cls = MODELS[config.model]
     except KeyError:
         raise ValueError(f"unknown model kind {config.model!r}: expected one of {list(MODELS)}") from None
-    return cls(config, seed=seed, dtype=dtype)
+    return cls(config, seed=seed, dtype=dtype, backend=backend)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from lab.autodiff import Tensor, dropout, matmul, sigmoid, square
+from lab.backend import to_numpy
 
 #: The unit type of each hidden layer (2.2.2).
 HIDDEN_KINDS = ("logistic", "logistic", "square")
@@ -90,5 +91,5 @@ class GPNN:
         for key, t in self.params.items():
             name = key.split(".")[-1]
             scale = keep if name in ("W2", "W3", "Wo1", "Wo2", "Wo3") else 1.0
-            out[name] = np.asarray(t.data) * scale
+            out[name] = to_numpy(t.data) * scale
         return out

@@ -37,9 +37,11 @@ def limit_blas_threads(n: int | None):
 def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | None = None,
               steps: int | None = None, optimizer: str | None = None, resume: bool = False,
               checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
-              log_every: int = 1) -> dict:
+              log_every: int = 1, device="cpu") -> dict:
     """Train until ``minutes`` of wall time or ``steps`` updates (whichever first); returns a
-    summary dict (also written to ``DIR/summary.json``)."""
+    summary dict (also written to ``DIR/summary.json``). ``device``: cpu, gpu or auto
+    (on the GPU only the trainer's check steps carry the loss; see ``CapsuleTrainer``)."""
+    from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.checkpoint import latest_checkpoint, save_step_checkpoint  # noqa: PLC0415
     from lab.progress import Progress  # noqa: PLC0415
     if minutes is None and steps is None:
@@ -48,11 +50,12 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config, data_path)
     train, valid = data["train"][0], data["valid"][0]
+    backend = device if isinstance(device, Backend) else get_backend(device)
     ckpt = latest_checkpoint(out, verify=True) if resume else None
     if ckpt is not None:
-        trainer = CapsuleTrainer.load(ckpt, train, valid)
+        trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend)
     else:
-        trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer)
+        trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer, device=backend)
     metrics_path = out / "metrics.jsonl"
     start_step = trainer.step_count
     t_start = time.monotonic()
@@ -68,7 +71,9 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
                 break
             m = trainer.step()
             m["time"] = round(time.monotonic() - t_start, 3)
-            if log_every and (m["step"] % log_every == 0 or "valid_recon_nodropout" in m or "rollback" in m):
+            logged = "loss" in m or "valid_recon_nodropout" in m      # deferred (GPU) steps carry no loss
+            if log_every and logged and (m["step"] % log_every == 0 or "valid_recon_nodropout" in m
+                                         or "rollback" in m):
                 write_jsonl(metrics_path, m)
             if len(trainer.events) > n_events:
                 for ev in trainer.events[n_events:]:
@@ -80,11 +85,12 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
                 write_jsonl(metrics_path, {"event": "checkpoint", "step": trainer.step_count,
                                            "path": path.name})
                 last_ckpt = time.monotonic()
-            if progress:
+            if progress and (logged or minutes is None):
                 fields = {"recon": m.get("recon_per_pixel", float("nan"))}
                 if "valid_recon_nodropout" in m:
                     fields["valid"] = m["valid_recon_nodropout"]
                 bar.set(m["time"] if minutes is not None else done + 1, **fields)
+    trainer.backend.synchronize()
     seconds = time.monotonic() - t_start
     trainer.save(out / "final.npz")
     n_steps = trainer.step_count - start_step
@@ -92,6 +98,6 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
                "steps_this_run": n_steps, "seconds": round(seconds, 2),
                "images_per_second": round(n_steps * config.batch_size / max(seconds, 1e-9), 2),
                "valid_recon_nodropout": trainer.evaluate(), "rollbacks": len(trainer.events),
-               "optimizer": trainer.optimizer_name}
+               "optimizer": trainer.optimizer_name, "device": trainer.backend.name}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

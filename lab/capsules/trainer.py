@@ -14,6 +14,18 @@ the disk.
 
 Threads: ``step()`` and ``snapshot()`` hold ``self.lock``, so a dashboard thread may
 call ``snapshot()`` while another thread trains.
+
+Device (``device="gpu"``, or a ``lab.backend.Backend``): the model, the optimizer state,
+the random stream and the training images live on the GPU, and a minibatch is gathered
+there. Reading a number back from the GPU waits for all queued work, so there the step
+only *checks* every ``sync_every`` steps (default 10): on those steps it reads the loss
+terms, parameter finiteness, mixture statistics and rule fractions in one transfer and
+returns the full metrics; the steps between return only counters and timing (and are not
+added to ``history``). A non-finite loss or parameter found at a check rolls back to the
+last good state, which is only taken at a check that found everything finite (so it is at
+most ``sync_every - 1`` updates older than on the CPU). On the CPU ``sync_every`` is 1 and
+the step is exactly the CPU step it always was. The GPU path is unverified on a device
+until ``benchmarks/gpu_check.py`` has run on one.
 """
 from __future__ import annotations
 
@@ -26,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lab.autodiff import no_grad
-from lab.backend import RandomStream
+from lab.backend import Backend, RandomStream, get_backend, to_numpy
 from lab.capsules.autoencoders import CapsuleAutoencoder, build_model
 from lab.capsules.configs import CapsuleConfig
 from lab.checkpoint import load_checkpoint, save_checkpoint, split_arrays
@@ -42,14 +54,21 @@ class CapsuleTrainer:
     ``step() -> dict`` of float metrics for one minibatch update; ``evaluate()`` the
     held-out reconstruction error; ``snapshot()`` numpy copies for live views;
     ``state_dict()``/``load_state_dict()``, ``save(path)`` and ``CapsuleTrainer.load``.
+    ``device``: ``"cpu"`` (default), ``"gpu"``, ``"auto"`` or a ``Backend``;
+    ``sync_every``: steps between host reads (default 1 on the CPU, 10 on the GPU; see
+    the module docstring).
     """
 
     def __init__(self, config: CapsuleConfig, train_images: np.ndarray,
                  valid_images: np.ndarray | None = None, seed: int = 0,
-                 optimizer: str | None = None, good_every: int = 10):
+                 optimizer: str | None = None, good_every: int = 10,
+                 device: str | Backend | None = "cpu", sync_every: int | None = None):
         self.config = config
         self.seed = int(seed)
-        self.model: CapsuleAutoencoder = build_model(config, seed=self.seed)
+        self.backend = device if isinstance(device, Backend) else get_backend(device)
+        on_gpu = self.backend.name != "cpu"
+        self.sync_every = max(1, int(sync_every if sync_every is not None else (10 if on_gpu else 1)))
+        self.model: CapsuleAutoencoder = build_model(config, seed=self.seed, backend=self.backend)
         self.optimizer_name = optimizer or config.optimizer
         kwargs = dict(config.optimizer_kwargs) if self.optimizer_name == config.optimizer else {}
         overrides = fan_in_overrides(self.model.params, self.optimizer_name, kwargs,
@@ -57,10 +76,16 @@ class CapsuleTrainer:
         if overrides:
             kwargs["overrides"] = overrides
         self.optimizer = make_optimizer(self.optimizer_name, self.model.params, **kwargs)
+        if self.sync_every > 1 and getattr(self.optimizer, "record_every", 0) == 1:
+            self.optimizer.record_every = self.sync_every   # rule counts cost a host read
         self.train_images = np.asarray(train_images, dtype=np.float32)
         self.valid_images = None if valid_images is None else np.asarray(
             valid_images[:config.n_valid], dtype=np.float32)
-        self.stream = RandomStream(self.seed + 1)
+        # on the GPU the training set is uploaded once and minibatches are gathered there
+        self._train_dev = self.backend.asarray(self.train_images) if on_gpu else None
+        self._order_dev = None                  # (host order it was made from, device copy)
+        self._good_step = 0
+        self.stream = RandomStream(self.seed + 1, self.backend) if on_gpu else RandomStream(self.seed + 1)
         self.step_count = 0
         self.images_seen = 0
         self._order = self.stream.permutation(len(self.train_images))
@@ -79,11 +104,20 @@ class CapsuleTrainer:
             self._order = self.stream.permutation(len(self.train_images))
             self._pos = 0
         idx = self._order[self._pos:self._pos + B]
+        if self._train_dev is not None:
+            # the epoch's order goes to the device once; a batch is a gather there
+            if self._order_dev is None or self._order_dev[0] is not self._order:
+                self._order_dev = (self._order, self.backend.asarray(np.asarray(self._order, np.int64)))
+            idx = self._order_dev[1][self._pos:self._pos + B]
+            self._pos += B
+            return self._train_dev[idx]
         self._pos += B
         return self.train_images[idx]
 
     def step(self) -> dict:
         """One minibatch update; returns float metrics (a rollback sets ``rollback=1``)."""
+        if self.sync_every > 1:
+            return self._step_deferred()
         with self.lock:
             t0 = time.perf_counter()
             batch = self._next_batch()
@@ -117,6 +151,53 @@ class CapsuleTrainer:
                 del self.history[:5000]
             return metrics
 
+    def _step_deferred(self) -> dict:
+        """``step()`` with host reads only every ``sync_every`` steps (module docstring)."""
+        with self.lock:
+            t0 = time.perf_counter()
+            batch = self._next_batch()
+            self.optimizer.zero_grad()
+            loss, terms, out = self.model.loss(batch, train=True, stream=self.stream, sync=False)
+            loss.backward()
+            self.optimizer.step()
+            self.step_count += 1
+            self.images_seen += len(batch)
+            metrics = {"step": self.step_count, "images": self.images_seen}
+            if self.step_count % self.sync_every == 0:
+                metrics.update(self._check(loss, terms, out))
+            metrics["step_scale"] = float(self.optimizer.step_scale)
+            metrics["seconds"] = time.perf_counter() - t0
+            if self.valid_images is not None and self.config.eval_every > 0 and (
+                    self.step_count % self.config.eval_every == 0):
+                metrics["valid_recon_nodropout"] = self.evaluate()
+            if "loss" in metrics or "valid_recon_nodropout" in metrics:
+                self.last_metrics = metrics
+                self.history.append(metrics)
+                if len(self.history) > 10000:
+                    del self.history[:5000]
+            return metrics
+
+    def _check(self, loss, terms, out) -> dict:
+        """One host read: loss terms and parameter finiteness; rollback or good state."""
+        xp = self.backend.xp
+        names = list(terms)
+        finite = xp.stack([xp.isfinite(p.data).all() for p in self.model.params.values()]).all()
+        row = xp.stack([loss.data.astype(xp.float64)] + [terms[k].astype(xp.float64) for k in names]
+                       + [finite.astype(xp.float64)])
+        host = to_numpy(row)
+        values = {k: float(v) for k, v in zip(names, host[1:-1])}
+        metrics = {"loss": float(host[0]), **values,
+                   "recon_per_pixel": values["recon"] / self.model.n_pixels}
+        if not np.isfinite(host[0]) or host[-1] != 1.0:
+            metrics.update(self._rollback(reason="non-finite loss" if not np.isfinite(host[0])
+                                          else "non-finite parameters"))
+            return metrics
+        metrics.update(self._mixture_stats(out))
+        metrics.update({f"rule_{k}": v for k, v in self.optimizer.last_rule_fractions.items()})
+        if self.step_count - self._good_step >= self.good_every:
+            self._good = self._capture()
+        return metrics
+
     def _params_finite(self) -> bool:
         return all(bool(np.isfinite(p.data.sum())) for p in self.model.params.values())
 
@@ -140,6 +221,12 @@ class CapsuleTrainer:
 
     # -- divergence guard ----------------------------------------------------------------
     def _capture(self) -> dict:
+        self._good_step = self.step_count
+        if self.backend.name != "cpu":   # device copies: no host round trip
+            return {"params": {k: p.data.copy() for k, p in self.model.params.items()},
+                    "optimizer": self.optimizer.state_dict(to_host=False),
+                    "stream": self.stream.get_state(), "order": self._order.copy(),
+                    "pos": self._pos}
         return {"params": {k: p.data.copy() for k, p in self.model.params.items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "stream": self.stream.get_state(), "order": self._order.copy(),
@@ -211,12 +298,14 @@ class CapsuleTrainer:
         return save_checkpoint(path, arrays, meta)
 
     @classmethod
-    def load(cls, path, train_images, valid_images=None) -> "CapsuleTrainer":
-        """A trainer restored from checkpoint ``path`` (its config, seed and optimizer)."""
+    def load(cls, path, train_images, valid_images=None, device="cpu",
+             sync_every: int | None = None) -> "CapsuleTrainer":
+        """A trainer restored from checkpoint ``path`` (its config, seed and optimizer), on
+        ``device`` (a checkpoint is device-neutral; exact resume is promised on the CPU)."""
         arrays, meta = load_checkpoint(path)
         config = CapsuleConfig.from_dict(meta["config"])
         trainer = cls(config, train_images, valid_images, seed=meta["seed"],
-                      optimizer=meta.get("optimizer_name"))
+                      optimizer=meta.get("optimizer_name"), device=device, sync_every=sync_every)
         trainer.load_state_dict(arrays, meta)
         return trainer
 

@@ -19,8 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--optimizer", choices=("conservative", "adam"), default=None,
                    help="default: the config's (conservative for mnist-thesis, as in 2.5.3)")
-    p.add_argument("--device", default="cpu", choices=("cpu",),
-                   help="only the CPU path exists so far (the GPU port is a later issue)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"),
+                   help="cpu (default), gpu (CuPy; fails if no GPU can run) or auto "
+                        "(the GPU when usable); the GPU path is unverified on a device")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1,
@@ -48,11 +49,18 @@ def run(args) -> int:
     if args.minutes is None and args.steps is None:
         print("lab train capsules: give --minutes M and/or --steps N", file=sys.stderr)
         return 2
+    from lab.backend import GPUUnavailableError, get_backend  # noqa: PLC0415
     config = get_config(args.config, **_overrides(args.set))
     out = args.out or f"runs/capsules-{args.config}"
+    try:
+        backend = get_backend(args.device)
+    except GPUUnavailableError as exc:
+        print(f"lab train capsules: {exc}", file=sys.stderr)
+        return 2
     with limit_blas_threads(args.threads):
         summary = train_run(config, out, seed=args.seed, minutes=args.minutes, steps=args.steps,
                             optimizer=args.optimizer, resume=args.resume,
-                            checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir)
+                            checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir,
+                            device=backend)
     print(json.dumps(summary, indent=2))
     return 0

@@ -81,6 +81,26 @@ class MaxSemiSoft(Function):
         g = gy.reshape(w.shape[0], 1, w.shape[2])
         return ((w * g).reshape(self.inputs[0].shape),)
 
+    # -- CuPy: the same arithmetic on whole arrays (no chunks, no threads: one launch each)
+    def forward_gpu(self, xp, a):  # pragma: no cover - needs a GPU
+        ax = self.ax = self.axis % a.ndim
+        K = a.shape[ax]
+        m = a.max(axis=ax, keepdims=True)
+        w = a - m
+        w *= self.beta
+        xp.exp(w, out=w)
+        s = w.sum(axis=ax, keepdims=True)
+        w /= s
+        self.weights = w
+        s /= K
+        y = xp.log(s)
+        y /= self.beta
+        y += m
+        return y.reshape(a.shape[:ax] + a.shape[ax + 1:])
+
+    def backward_gpu(self, xp, gy):  # pragma: no cover - needs a GPU
+        return (self.weights * xp.expand_dims(gy, self.ax),)
+
 
 def _semi_cases(rng):
     return [(lambda a: max_semi_soft(a), [rng.standard_normal((2, 4, 3, 3)) * 0.05]),

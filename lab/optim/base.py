@@ -176,10 +176,12 @@ class Optimizer(abc.ABC):
     def _scalars(self) -> dict[str, Any]:
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, to_host: bool = True) -> dict[str, Any]:
         """numpy arrays under ``state/<param>/<slot>`` plus JSON-able scalars.
 
         ``lab.checkpoint.split_arrays`` separates the two for ``save_checkpoint``.
+        ``to_host=False`` keeps copies on the arrays' device (an in-memory good state on
+        the GPU, restored by ``load_state_dict`` without a host round trip).
         """
         d: dict[str, Any] = {"type": type(self).__name__, "step_count": int(self.step_count),
                              "step_scale": float(self.step_scale)}
@@ -187,7 +189,9 @@ class Optimizer(abc.ABC):
         for name, slots in self.state.items():
             for slot, value in slots.items():
                 key = f"{STATE_PREFIX}{name}/{slot}"
-                d[key] = to_numpy(value).copy() if hasattr(value, "shape") else value
+                if hasattr(value, "shape"):
+                    value = to_numpy(value).copy() if to_host else value.copy()
+                d[key] = value
         return d
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:

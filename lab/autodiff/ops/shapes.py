@@ -112,6 +112,23 @@ class Take(Function):
         return (g,)
 
 
+def _key_parts(key):
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _is_basic(key) -> bool:
+    """True when ``key`` holds only ints, slices, None and Ellipsis (no index arrays)."""
+    return all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer))
+               for k in _key_parts(key))
+
+
+def _device_key(xp, key):
+    """``key`` with its numpy/list index arrays moved to ``xp`` (once, in forward)."""
+    def move(k):
+        return xp.asarray(k) if isinstance(k, (np.ndarray, list)) else k
+    return tuple(move(k) for k in key) if isinstance(key, tuple) else move(key)
+
+
 class GetItem(Function):
     """``x[key]`` for basic and advanced indices."""
 
@@ -124,9 +141,22 @@ class GetItem(Function):
         self.in_shape, self.dtype = x.shape, x.dtype
         return x[self.key]
 
+    def forward_gpu(self, xp, x):  # pragma: no cover - needs a GPU
+        self.basic = _is_basic(self.key)
+        if not self.basic:
+            self.key = _device_key(xp, self.key)
+        return self.forward(xp, x)
+
     def backward(self, xp, gy):
         g = xp.zeros(self.in_shape, dtype=gy.dtype)
         scatter_add(xp, g, self.key, gy)
+        return (g,)
+
+    def backward_gpu(self, xp, gy):  # pragma: no cover - needs a GPU
+        if not self.basic:
+            return self.backward(xp, gy)
+        g = xp.zeros(self.in_shape, dtype=gy.dtype)
+        g[self.key] = gy          # a basic index hits each element at most once: no atomics
         return (g,)
 
 

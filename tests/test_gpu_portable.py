@@ -1,0 +1,144 @@
+"""The GPU path's array code, run on the CPU.
+
+Two tricks make most of it checkable here without CuPy: the ops' ``forward_gpu`` /
+``backward_gpu`` are plain array code, so they run with ``xp = numpy`` against the CPU
+methods; and a ``Backend("gpu", numpy)`` sends the trainer and the random stream down
+their GPU branches (device upload, on-device minibatch gather, deferred host reads,
+device-side good state) while the arrays stay numpy. What this cannot check (CuPy's
+own behaviour, kernels) is left to tests/test_gpu.py and benchmarks/gpu_check.py.
+"""
+import numpy as np
+import pytest
+
+import lab.autodiff as ad
+from lab.autodiff.ops.shapes import GetItem
+from lab.backend import Backend, RandomStream
+from lab.graphics.om import MaxSemiSoft
+
+FAKE_GPU = Backend("gpu", np)
+
+
+def test_max_semi_soft_gpu_methods_match_cpu(rng):
+    for shape, axis in (((3, 4, 5, 6), 1), ((7, 5), -1), ((2, 3, 4), 0)):
+        a = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        gy = rng.standard_normal(np.delete(shape, axis % len(shape))).astype(np.float32)
+        cpu, gpu = MaxSemiSoft(axis, 100.0), MaxSemiSoft(axis, 100.0)
+        cpu.inputs = gpu.inputs = (ad.Tensor(a),)
+        y_cpu, y_gpu = cpu.forward(np, a), gpu.forward_gpu(np, a)
+        np.testing.assert_allclose(y_gpu, y_cpu, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(gpu.backward_gpu(np, gy)[0], cpu.backward(np, gy)[0],
+                                   rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("key", [(slice(1, 3), slice(None, None, 2)), (Ellipsis, 1),
+                                 (slice(None), None, 0), np.array([0, 2, 0]),
+                                 (np.array([0, 1]), np.array([2, 2]))])
+def test_getitem_gpu_methods_match_cpu(rng, key):
+    x = rng.standard_normal((3, 4, 5))
+    cpu, gpu = GetItem(key), GetItem(key)
+    y = cpu.forward(np, x)
+    np.testing.assert_array_equal(gpu.forward_gpu(np, x), y)
+    gy = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(gpu.backward_gpu(np, gy)[0], cpu.backward(np, gy)[0])
+
+
+def test_scalar_constants_stay_arrays_on_the_cpu():
+    x = ad.Tensor(np.ones(3, np.float32), requires_grad=True)
+    c = ad.as_tensor(2.5, like=x)
+    assert isinstance(c.data, np.ndarray) and c.data.dtype == np.float32
+
+
+def test_gpu_stream_branches_draw_on_the_host_and_restore_deterministically():
+    s = RandomStream(5, FAKE_GPU)
+    order = s.permutation(10)
+    assert isinstance(order, np.ndarray) and sorted(order) == list(range(10))
+    assert isinstance(int(s.integers(0, 2**63 - 1)), int)
+    s.uniform((3,))
+    state = s.get_state()
+    assert state["kind"] == "gpu"
+    a, b = RandomStream(0, FAKE_GPU), RandomStream(1, FAKE_GPU)
+    a.set_state(state)
+    b.set_state(state)
+    np.testing.assert_array_equal(a.uniform((6,)), b.uniform((6,)))
+    np.testing.assert_array_equal(a.permutation(8), b.permutation(8))
+
+
+# -- the trainer's GPU branches ---------------------------------------------------------------
+def _tiny():
+    from lab.capsules import CapsuleConfig
+    return CapsuleConfig(name="tiny", model="mixture", image_size=8, n_components=3, n_acs=2,
+                         template_size=3, n_distortions=2, encoder_hidden=12, decoder_hidden=8,
+                         batch_size=16, n_valid=16, eval_every=6, optimizer="conservative")
+
+
+def _images(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    r = np.arange(8)
+    out = np.zeros((n, 8, 8), np.float32)
+    for i in range(n):
+        c = rng.uniform(2, 5, 2)
+        out[i] = np.exp(-((r[:, None] - c[0]) ** 2 + (r[None, :] - c[1]) ** 2) / 3.0)
+    return out
+
+
+def test_deferred_steps_report_at_checks_and_learn():
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images()
+    tr = CapsuleTrainer(_tiny(), x[:48], x[48:], seed=0, device=FAKE_GPU)
+    assert tr.sync_every == 10 and tr._train_dev is not None
+    assert tr.optimizer.record_every == 10
+    ms = [tr.step() for _ in range(40)]
+    checks = [m for m in ms if "loss" in m]
+    assert [m["step"] for m in checks] == [10, 20, 30, 40]
+    for m in checks:
+        for key in ("recon", "recon_per_pixel", "weight_decay", "mixture_max_y", "rule_rule3"):
+            assert key in m, key
+        assert np.isfinite(m["loss"])
+    assert "loss" not in ms[0] and ms[0]["images"] == 16
+    assert all("loss" in m or "valid_recon_nodropout" in m for m in tr.history)
+    assert checks[-1]["recon"] < checks[0]["recon"]
+
+
+def test_deferred_step_loss_equals_the_cpu_step():
+    """Same seed, same batches: the deferred step computes the same update as the CPU one."""
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images()
+    cfg = _tiny()
+    a = CapsuleTrainer(cfg, x[:48], None, seed=4)
+    b = CapsuleTrainer(cfg, x[:48], None, seed=4, sync_every=3)
+    la = [a.step()["loss"] for _ in range(6)]
+    lb = [m["loss"] for m in (b.step() for _ in range(6)) if "loss" in m]
+    assert lb == pytest.approx([la[2], la[5]], rel=1e-6)
+
+
+def test_deferred_rollback_restores_the_last_checked_state():
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images()
+    tr = CapsuleTrainer(_tiny(), x[:48], None, seed=2, device=FAKE_GPU, sync_every=2, good_every=2)
+    for _ in range(4):
+        tr.step()
+    good = {k: p.data.copy() for k, p in tr.model.params.items()}
+    scale = tr.optimizer.step_scale
+    tr.model.params["encoder.W1"].data[0, 0] = np.nan
+    assert "loss" not in tr.step()
+    m = tr.step()
+    assert m["rollback"] == 1 and "non-finite" in m["rollback_reason"]
+    assert tr.optimizer.step_scale == pytest.approx(scale * tr.config.nan_step_cut)
+    for k, v in good.items():
+        np.testing.assert_array_equal(tr.model.params[k].data, v)
+    m = [tr.step() for _ in range(2)][-1]
+    assert "rollback" not in m and np.isfinite(m["loss"])
+
+
+def test_trainer_state_from_the_gpu_branch_resumes(tmp_path):
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images()
+    tr = CapsuleTrainer(_tiny(), x[:48], None, seed=1, device=FAKE_GPU)
+    for _ in range(5):
+        tr.step()
+    path = tr.save(tmp_path / "g.npz")
+    back = CapsuleTrainer.load(path, x[:48], device=FAKE_GPU)
+    assert back.step_count == 5
+    for k, p in tr.model.params.items():
+        np.testing.assert_array_equal(back.model.params[k].data, p.data)
+    back.step()
