@@ -16,6 +16,15 @@ rbm       PCD/FPCD update 784x500, batch 100: kernels vs the array reference wit
 logz      exact log Z: vs the CPU (784x16), then 784x25 timed (float32 and float64
           softplus) against a chunked torch enumeration
 ais       AIS on the GPU vs the exact log Z of a small RBM; timed (and as graphs)
+train     the capsule training step: mnist-thesis (MNIST from a local copy, else stand-in
+          images), one batch's loss and gradients on the GPU vs the CPU (same seed,
+          float32, rel err <= 1e-3 over all gradients), then ~20 s of GPU training steps
+          (images/s) beside 2 CPU steps (~40 s in all)
+rbm_estimator  BinaryRBM(500, fpcd, device="gpu") with the fused update: graph replay vs
+          eager launches, finite parameters, updates/s beside the CPU estimator (~10 s)
+
+The run stops starting sections after ``--max-seconds`` (default 270) and rewrites the
+JSON after every section, so a run cut short still leaves its results.
 
 Timings are medians over batches of calls after warm-up, with device synchronisation.
 The table is printed last; the JSON goes to ``benchmarks/results/gpu_<card>.json``.
@@ -116,6 +125,15 @@ class Ctx:
         self.logz_big = (784, 25) if not dry else (20, 10)
         self.inner = 20 if not dry else 2
         self.outer = 7 if not dry else 2
+        # the training step: (config name, overrides); seconds of timed GPU steps
+        self.train_config = ("mnist-thesis", {}) if not dry else (
+            "mnist-quick", dict(batch_size=8, encoder_hidden=16, decoder_hidden=8, n_components=3,
+                                n_acs=2, template_size=5, n_distortions=2))
+        self.train_seconds = 20.0 if not dry else 0.0
+        self.train_images = 2000 if not dry else 32
+        self.cpu_train_steps = 2 if not dry else 1
+        self.rbm_estimator = (dict(nh=500, n=5000, cpu_updates=50, gpu_updates=400) if not dry
+                              else dict(nh=10, n=300, cpu_updates=3, gpu_updates=3))
 
 
 # -- render ------------------------------------------------------------------------------
@@ -458,8 +476,155 @@ def section_ais(ctx, res):
         put_time(res, "ais_1000runs_2000betas", f"ours_graph{int(graph)}", got.seconds * 1e3, log_z=got.log_z)
 
 
+# -- the capsule training step and the RBM estimator --------------------------------------------
+def stand_in_images(n, size=28, seed=0):
+    """MNIST-like stand-ins when MNIST is absent: 2-4 soft strokes (blobs) per image in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    r = np.arange(size, dtype=np.float32)
+    out = np.zeros((n, size, size), np.float32)
+    for _ in range(4):
+        c = rng.uniform(7, size - 7, (n, 2, 1, 1)).astype(np.float32)
+        w = rng.uniform(2.0, 6.0, (n, 1, 1)).astype(np.float32)
+        on = (rng.random((n, 1, 1)) < 0.8).astype(np.float32)
+        d2 = (r[None, :, None] - c[:, 0]) ** 2 + (r[None, None, :] - c[:, 1]) ** 2
+        out = np.maximum(out, on * np.exp(-d2 / (2 * w)))
+    return out
+
+
+def mnist_or_stand_in(n, seed=0):
+    """(images float32 (n, 28, 28) in [0, 1], source): MNIST's training images from a local
+    copy (``LAB_DATA_DIR`` or the cache; never a download: the device has no network),
+    else stand-ins."""
+    try:
+        from lab.data.mnist import load_mnist  # noqa: PLC0415
+        x, _ = load_mnist("train", download=False)
+        return (np.asarray(x[:n], np.float32) / 255.0), "mnist"
+    except Exception as exc:  # noqa: BLE001  (absent or unreadable: stand-ins will do)
+        return stand_in_images(n, seed=seed), f"stand-in ({type(exc).__name__})"
+
+
+def _flat_grads(params):
+    from lab.backend import to_numpy  # noqa: PLC0415
+    return {k: to_numpy(p.grad).astype(np.float64) for k, p in params.items() if p.grad is not None}
+
+
+def section_train(ctx, res):
+    """mnist-thesis (or ctx.train_config): one batch's loss and gradients on the GPU vs the
+    CPU (same seed, float32, deterministic test-time network), then ~20 s of GPU training
+    steps (images/s) beside a few CPU steps."""
+    from lab.capsules import build_model, get_config  # noqa: PLC0415
+    from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
+    name, overrides = ctx.train_config
+    cfg = get_config(name, **overrides)
+    B = cfg.batch_size
+    images, source = mnist_or_stand_in(max(4 * B, ctx.train_images), seed=1)
+    res.setdefault("info", {})["train"] = dict(config=name, overrides=overrides, batch=B, data=source)
+    x = images[:B]
+    t0 = time.perf_counter()
+    cpu = build_model(cfg, seed=0)
+    loss_c, _, _ = cpu.loss(x, train=False)
+    loss_c.backward()
+    cpu_s = time.perf_counter() - t0
+    g_cpu = _flat_grads(cpu.params)
+    res["timings"].setdefault("train_step", {})["cpu_one_fwd_bwd"] = dict(ms=cpu_s * 1e3, batch=B)
+    print(f"  CPU forward+backward of {B} images: {cpu_s:.2f} s", flush=True)
+    if not ctx.dry:
+        from lab.backend import get_backend  # noqa: PLC0415
+        gpu_backend = get_backend("gpu")
+        gpu = build_model(cfg, seed=0, backend=gpu_backend)
+        loss_g, _, _ = gpu.loss(x, train=False, sync=False)
+        loss_g.backward()
+        g_gpu = _flat_grads(gpu.params)
+        record(res, "train", "loss_gpu_vs_cpu", abs(float(loss_g.item()) - float(loss_c.item()))
+               / abs(float(loss_c.item())), 1e-3)
+        keys = sorted(g_cpu)
+        a = np.concatenate([g_gpu[k].ravel() for k in keys])
+        b = np.concatenate([g_cpu[k].ravel() for k in keys])
+        record(res, "train", "grads_gpu_vs_cpu_overall", rel_err(a, b), 1e-3)
+        worst = max(keys, key=lambda k: rel_err(g_gpu[k], g_cpu[k]))
+        res["info"]["train"]["worst_param"] = dict(name=worst, rel_err=rel_err(g_gpu[worst], g_cpu[worst]))
+        # training mode (dropout, manager noise from the device stream) runs and is finite
+        from lab.backend import RandomStream  # noqa: PLC0415
+        lt, _, _ = gpu.loss(x, train=True, stream=RandomStream(3, gpu_backend), sync=False)
+        lt.backward()
+        record(res, "train", "train_mode_loss_finite", 0.0 if np.isfinite(float(lt.item())) else 1.0, 0.5)
+        # timed training steps on the device
+        tr = CapsuleTrainer(cfg, images, None, seed=0, device=gpu_backend)
+        for _ in range(3):
+            tr.step()                                  # warm-up: kernels compile, pools fill
+        gpu_backend.synchronize()
+        t0 = time.perf_counter()
+        n = 0
+        last = {}
+        while time.perf_counter() - t0 < ctx.train_seconds or n < 2:
+            m = tr.step()
+            n += 1
+            if "loss" in m:
+                last = m
+        gpu_backend.synchronize()
+        dt = time.perf_counter() - t0
+        put_time(res, "train_step", "ours_gpu", dt / n * 1e3, images_per_s=n * B / dt, steps=n,
+                 last_loss=float(last.get("loss", float("nan"))), rollbacks=len(tr.events))
+        record(res, "train", "gpu_training_finite",
+               0.0 if (last and np.isfinite(last["loss"]) and not tr.events) else 1.0, 0.5)
+    # a few CPU training steps for comparison (the same step, numpy)
+    tr = CapsuleTrainer(cfg, images, None, seed=0)
+    tr.step()
+    t0 = time.perf_counter()
+    for _ in range(ctx.cpu_train_steps):
+        tr.step()
+    dt = time.perf_counter() - t0
+    put_time(res, "train_step", "ours_cpu", dt / ctx.cpu_train_steps * 1e3,
+             images_per_s=ctx.cpu_train_steps * B / dt, steps=ctx.cpu_train_steps)
+
+
+def section_rbm_estimator(ctx, res):
+    """BinaryRBM(500, fpcd, device="gpu"): the fused update inside the estimator: finite
+    parameters, graph replay equal to eager launches, updates/s (and the CPU's)."""
+    from lab.backend import to_numpy  # noqa: PLC0415
+    from lab.undirected import BinaryRBM  # noqa: PLC0415
+    nh = ctx.rbm_estimator["nh"]
+    X, source = mnist_or_stand_in(ctx.rbm_estimator["n"], seed=2)
+    X = X.reshape(len(X), -1)
+    res.setdefault("info", {})["rbm_estimator"] = dict(n_hidden=nh, data=source)
+
+    def make(device, updates, graph=True):
+        r = BinaryRBM(nh, algorithm="fpcd", learning_rate=0.01, batch_size=100, n_updates=updates,
+                      binarize=True, visible_bias_init="data", random_state=0, device=device)
+        r._gpu_graph = graph
+        return r
+
+    # the CPU estimator: updates/s over a short run
+    cpu_updates = ctx.rbm_estimator["cpu_updates"]
+    r = make("cpu", cpu_updates).fit(X)
+    put_time(res, "rbm_estimator_fpcd", "ours_cpu", r.train_seconds_ / r.n_updates_ * 1e3,
+             updates_per_s=r.n_updates_ / r.train_seconds_, updates=r.n_updates_)
+    if ctx.dry:
+        return
+    # graph replay vs eager launches: the same numbers (same Philox stream)
+    a, b = make("gpu", 20, graph=False).fit(X), make("gpu", 20, graph=True).fit(X)
+    if getattr(b, "_gpu_graph_error", None):
+        res["errors"]["rbm_estimator/graph"] = b._gpu_graph_error
+    record(res, "rbm_estimator", "graph_vs_eager_W",
+           rel_err(to_numpy(b.components_), to_numpy(a.components_)), 1e-5)
+    record(res, "rbm_estimator", "graph_vs_eager_particles",
+           float((to_numpy(b.fantasy_particles_) != to_numpy(a.fantasy_particles_)).mean()), 1e-3)
+    updates = ctx.rbm_estimator["gpu_updates"]
+    t0 = time.perf_counter()
+    r = make("gpu", updates).fit(X)
+    r.backend_.synchronize()
+    wall = time.perf_counter() - t0
+    finite = all(bool(np.isfinite(v).all()) for v in r.snapshot().values() if isinstance(v, np.ndarray))
+    record(res, "rbm_estimator", "params_finite", 0.0 if finite else 1.0, 0.5)
+    record(res, "rbm_estimator", "fused_update_used", 0.0 if getattr(r, "_gpu_update", None) else 1.0, 0.5)
+    put_time(res, "rbm_estimator_fpcd", "ours_gpu", r.train_seconds_ / r.n_updates_ * 1e3,
+             updates_per_s=r.n_updates_ / r.train_seconds_, updates=r.n_updates_,
+             wall_s_incl_setup=wall, graph=r._gpu_update.graph is not None)
+
+
 SECTIONS = (("render", section_render), ("fused", section_fused), ("rbm", section_rbm),
-            ("logz", section_logz), ("ais", section_ais))
+            ("logz", section_logz), ("ais", section_ais), ("train", section_train),
+            ("rbm_estimator", section_rbm_estimator))
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -501,6 +666,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/gpu_<card>.json)")
     ap.add_argument("--sections", default=",".join(n for n, _ in SECTIONS),
                     help="comma-separated subset of: " + ", ".join(n for n, _ in SECTIONS))
+    ap.add_argument("--max-seconds", type=float, default=270.0,
+                    help="start no section after this many seconds (the rest are recorded as skipped)")
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(wanted) - {n for n, _ in SECTIONS}
@@ -520,9 +687,28 @@ def main(argv=None) -> int:
         traceback.print_exc()
         res["errors"]["setup"] = f"{type(exc).__name__}: {exc}"
         ctx = None
+    out = args.out
+    if out is None:
+        folder = Path(tempfile.gettempdir()) if args.cpu_dry_run else ROOT / "benchmarks" / "results"
+        out = folder / f"gpu_{slug(res['card'] or 'unknown')}.json"
+    res["complete"] = False
+    res["section_seconds"] = {}
+
+    def write():
+        res["seconds"] = time.perf_counter() - start
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(res, indent=1, default=float) + "\n")
+        tmp.replace(out)
+
+    write()
     if ctx is not None:
         for name, fn in SECTIONS:
             if name not in wanted:
+                continue
+            if time.perf_counter() - start > args.max_seconds:
+                res["errors"][name] = f"skipped: past --max-seconds {args.max_seconds:g}"
+                print(f"== {name}: skipped (past --max-seconds)", flush=True)
                 continue
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
@@ -531,14 +717,11 @@ def main(argv=None) -> int:
             except Exception as exc:
                 traceback.print_exc()
                 res["errors"][name] = f"{type(exc).__name__}: {exc}"
+            res["section_seconds"][name] = time.perf_counter() - t0
             print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
-    res["seconds"] = time.perf_counter() - start
-    out = args.out
-    if out is None:
-        folder = Path(tempfile.gettempdir()) if args.cpu_dry_run else ROOT / "benchmarks" / "results"
-        out = folder / f"gpu_{slug(res['card'] or 'unknown')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=float) + "\n")
+            write()                      # partial results survive a later timeout
+    res["complete"] = True
+    write()
     print()
     print(table(res))
     print(f"\nwrote {out} ({res['seconds']:.0f} s)")

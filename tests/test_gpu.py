@@ -40,6 +40,9 @@ def _small_ctx():
     ctx.logz_small = (40, 10)
     ctx.logz_big = (40, 12)
     ctx.inner, ctx.outer = 2, 2
+    ctx.train_config = ("mnist-quick", dict(batch_size=32, encoder_hidden=64, decoder_hidden=32))
+    ctx.train_seconds, ctx.train_images, ctx.cpu_train_steps = 1.0, 128, 1
+    ctx.rbm_estimator = dict(nh=64, n=400, cpu_updates=3, gpu_updates=20)
     return ctx
 
 

@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--ais-runs", type=int, default=100)
     p.add_argument("--jobs", type=int, default=None, help="worker threads (default: automatic)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, gpu or auto (default $LAB_DEVICE or cpu)")
+    p.add_argument("--device", default=None,
+                   help="cpu, gpu or auto (default $LAB_DEVICE or cpu); on the GPU pcd/fpcd without "
+                        "momentum use the fused CUDA update (unverified on a device)")
     p.add_argument("--out", default=None, help="run directory (default runs/rbm-ALGORITHM-HIDDEN)")
     p.set_defaults(func=run)
 
@@ -80,9 +82,10 @@ def run(args) -> int:
                     n_updates=args.updates, max_seconds=args.seconds, binarize=binarize,
                     visible_bias_init="data", n_jobs=args.jobs, random_state=args.seed,
                     device=args.device, verbose=True)
+    from lab.backend import GPUUnavailableError  # noqa: PLC0415
     try:
         rbm.fit(train)
-    except ValueError as exc:
+    except (ValueError, GPUUnavailableError) as exc:
         print(f"lab train rbm: {exc}", file=sys.stderr)
         return 2
     summary = {"params": {k: v for k, v in rbm.get_params().items()},

@@ -182,6 +182,9 @@ class _RBMBase(ScheduledTrainer, Estimator):
 
     def _update(self, v_pos) -> None:
         """One parameter update from the minibatch ``v_pos`` (float32, on the device)."""
+        if self._fused_gpu_update_applies():
+            self._update_fused_gpu(v_pos)
+            return
         self._ensure_state()
         xp = self._xp
         lr = self.schedule_.rate(self.n_updates_, self.train_seconds_)
@@ -200,6 +203,50 @@ class _RBMBase(ScheduledTrainer, Estimator):
             else:
                 h_pos, v_neg, h_neg = alg.mfcd_statistics(ph, v_pos, W, b, c, self.cd_k)
             self._apply_statistics(v_pos, h_pos, v_neg, h_neg, lr)
+        self._visible_sum += v_pos.sum(axis=0)
+        self._n_seen += v_pos.shape[0]
+        self.n_updates_ += 1
+        self.learning_rate_ = lr
+
+    # -- the fused GPU update (lab.undirected.gpu_update) ----------------------------
+    #: Record the fused update as a CUDA graph after its first (eager) step; a failed
+    #: capture falls back to eager launches (``_gpu_graph_error`` says why).
+    _gpu_graph = True
+
+    def _fused_gpu_update_applies(self) -> bool:
+        """PCD/FPCD on the GPU, no momentum, binary visible layer: the fused kernels."""
+        return (self.backend_.name == "gpu" and self.algorithm in alg.PERSISTENT
+                and not self.momentum and self._n_softmax == 0)
+
+    def _update_fused_gpu(self, v_pos) -> None:
+        """Steps 2-7 of 3.2.4 as ``PersistentUpdateGPU`` (cuBLAS products and three fused
+        kernels, in-kernel Philox), then the same bookkeeping as the generic update. The
+        estimator's arrays are views of its buffers (``bind``); it is rebuilt when the
+        batch size, the algorithm or ``n_fantasy`` change, or when any of those arrays was
+        replaced from outside. Unverified on a device until benchmarks/gpu_check.py ran."""
+        from lab.undirected.gpu_update import PersistentUpdateGPU  # noqa: PLC0415
+        self._ensure_state()
+        lr = self.schedule_.rate(self.n_updates_, self.train_seconds_)
+        key = (int(v_pos.shape[0]), self.algorithm, int(self.n_fantasy))
+        names = ("components_", "intercept_visible_", "intercept_hidden_", "fantasy_particles_",
+                 "fast_components_", "fast_intercept_visible_", "fast_intercept_hidden_")
+        up = getattr(self, "_gpu_update", None)
+        bound = getattr(self, "_gpu_bound", None)
+        if (up is None or self._gpu_update_key != key or bound is None
+                or any(getattr(self, n) is not a for n, a in zip(names, bound))):
+            up = PersistentUpdateGPU.from_rbm(self, key[0])
+            up.bind(self)
+            self._gpu_update, self._gpu_update_key = up, key
+            self._gpu_bound = tuple(getattr(self, n) for n in names)
+            self._gpu_steps = 0
+        up.step(v_pos, lr=lr, fast_lr=self.effective_fast_learning_rate_,
+                fast_decay=self.fast_decay, weight_decay=self.weight_decay)
+        self._gpu_steps += 1
+        if self._gpu_graph and self._gpu_steps == 1 and up.graph is None:
+            try:
+                up.capture()
+            except Exception as exc:   # stay eager: correct, only slower
+                self._gpu_graph_error = f"{type(exc).__name__}: {exc}"
         self._visible_sum += v_pos.sum(axis=0)
         self._n_seen += v_pos.shape[0]
         self.n_updates_ += 1
@@ -584,9 +631,10 @@ class BinaryRBM(_RBMBase):
         if method == "exact":
             if self.backend_.name == "cpu":
                 value = rbm_log_partition(W, b, c, threads=threads)
-            else:   # chunked enumeration on the device
-                value = rbm_log_partition(self.components_, self.intercept_visible_,
-                                          self.intercept_hidden_, method="direct")
+            else:   # the fused enumeration kernel (lab.undirected.gpu_update), float64 softplus
+                from lab.undirected.gpu_update import log_partition_gpu  # noqa: PLC0415
+                value = log_partition_gpu(self.components_, self.intercept_visible_,
+                                          self.intercept_hidden_, dtype=np.float64)
             result = LogPartition(value, value, value, "exact", time.perf_counter() - start)
             self._logz_cache[key] = result
             return result
