@@ -267,6 +267,22 @@ def _topological_order(root: Tensor) -> list[Tensor]:
     return order
 
 
+_DEVICE_CONSTANTS: dict = {}
+
+
+def _device_constant(xp, value, dtype):
+    """A cached 0-d device array holding the number ``value``: the constants of a training
+    step (1/B, alphas, 0.1, ...) are uploaded once, not once per op per step (each upload
+    is a host->device copy). Ops never write into their inputs, so sharing is safe."""
+    key = (xp.__name__, xp.cuda.Device().id, type(value), value, np.dtype(dtype).str)
+    c = _DEVICE_CONSTANTS.get(key)
+    if c is None:
+        if len(_DEVICE_CONSTANTS) >= 4096:
+            _DEVICE_CONSTANTS.clear()
+        c = _DEVICE_CONSTANTS[key] = xp.asarray(value, dtype=dtype)
+    return c
+
+
 def as_tensor(x, like: Tensor | None = None) -> Tensor:
     """Wrap an array or number as a constant Tensor (no gradient), on ``like``'s device."""
     if isinstance(x, Tensor):
@@ -275,9 +291,7 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
         xp = like.xp
         if isinstance(x, (int, float, bool, np.number)):
             if xp is not np:
-                # a numpy scalar rides into CuPy kernels as an argument; a 0-d device array
-                # would cost a host->device copy for every constant of every op
-                return Tensor(np.dtype(like.dtype).type(x))
+                return Tensor(_device_constant(xp, x, like.dtype))
             return Tensor(xp.asarray(x, dtype=like.dtype))
         return Tensor(xp.asarray(x))
     xp = get_array_module(x)
