@@ -285,7 +285,14 @@ class CapsuleTrainer:
             opt = dict(meta["optimizer"])
             opt.update({k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")})
             self.optimizer.load_state_dict(opt)
-            self.stream.set_state(meta["stream"])
+            try:
+                self.stream.set_state(meta["stream"])
+            except ValueError:
+                # a GPU run resumed on the CPU: a stream keyed by the saved (seed, draws),
+                # deterministic but not the continuation (exact resume is a CPU-only promise)
+                st = meta["stream"]
+                key = np.random.SeedSequence([int(st["seed"]), int(st.get("draws", 0))])
+                self.stream = RandomStream(int(key.generate_state(1)[0]), self.backend)
             self._order = np.asarray(arrays["data/order"])
             self._pos = int(meta["data_pos"])
             self.step_count = int(meta["step"])
