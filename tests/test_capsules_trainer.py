@@ -185,6 +185,9 @@ def test_cli_train_and_eval(tmp_path, capsys):
                 "recon_error_test_nodropout_percent_variance", "label25_error", "kmeans10_accuracy"):
         assert res[key] is not None, key
     assert res["step"] == 5
+    # the linear reference: PCA with as many components as the code has numbers
+    assert res["pca_same_code_size"]["n_components"] == 3 * (7 + 2) + 3   # poses, distortions, y
+    assert 0 < res["pca_same_code_size"]["recon_error_test"] < res["data_variance"]
 
 
 def test_fan_in_scaled_step_sizes(data):

@@ -152,3 +152,21 @@ def test_thesis_percentages_follow_from_the_per_pixel_variance_definition():
     for mse, percent in ((0.0069, 10), (0.0104, 15)):
         assert round(100 * mse / per_pixel) == percent
         assert round(100 * mse / pooled) != percent
+
+
+def test_pca_baseline_is_exact_for_data_in_a_subspace_and_checks_its_size():
+    from lab.evaluation import pca_baseline
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(3, 20))
+    train = rng.normal(size=(200, 3)) @ basis + 0.5
+    test = rng.normal(size=(50, 3)) @ basis + 0.5
+    assert pca_baseline(train, test, 3)["mse_per_pixel"] < 1e-20
+    two = pca_baseline(train, test, 2)
+    assert two["mse_per_pixel"] > 1e-3 and two["n_components"] == 2
+    # the error of k components is what the discarded directions hold: brute force
+    mean = train.mean(axis=0)
+    _, _, vt = np.linalg.svd(train - mean)
+    resid = (test - mean) @ vt[2:3].T
+    assert two["mse_per_pixel"] == pytest.approx(float((resid ** 2).sum(axis=1).mean()) / 20)
+    with pytest.raises(ValueError, match="n_components"):
+        pca_baseline(train, test, 0)

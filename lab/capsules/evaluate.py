@@ -10,6 +10,8 @@
   clustering results such as SCAE's): on the standardized code features
   ``code_features`` (the manager's y, the selected CC's pose and distortions, the
   ACs' world matrices and intensities), and on y alone.
+- For context, ``pca_same_code_size``: the test error of PCA with as many components
+  as the encoder emits numbers per image (``lab.evaluation.pca_baseline``).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def evaluate_model(model: CapsuleAutoencoder, data: dict, n_test: int | None = N
                    n_train: int | None = None, seed: int = 0, kmeans: bool = True) -> dict:
     """``data`` as ``lab.capsules.data.load_data``; returns a JSON-able dict."""
     from lab.evaluation import (data_variance, kmeans10_accuracy, label25_error,  # noqa: PLC0415
-                                reconstruction_error)
+                                pca_baseline, reconstruction_error)
     test_x, test_y = data["test"]
     train_x, train_y = data["train"]
     if n_test is not None:
@@ -54,6 +56,10 @@ def evaluate_model(model: CapsuleAutoencoder, data: dict, n_test: int | None = N
            "recon_error_test_nodropout": e_det["mse_per_pixel"],
            "recon_error_test_nodropout_percent_variance": e_det["percent_of_variance"],
            "label25_error": None, "kmeans10_accuracy": None}
+    k = min(int(model.code_offset.size), len(train_x), model.n_pixels)
+    pca = pca_baseline(train_x, test_x, k, var)
+    out["pca_same_code_size"] = {"n_components": k, "recon_error_test": pca["mse_per_pixel"],
+                                 "percent_variance": pca["percent_of_variance"]}
     if test_y is None or train_y is None or getattr(model.config, "dataset", "mnist") != "mnist":
         return out  # Olivetti's labels are 40 subjects, not classes to cluster into 10
     test_code = model.encode(test_x)

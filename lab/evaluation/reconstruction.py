@@ -37,3 +37,26 @@ def reconstruction_error(x, recon, variance: float | None = None) -> dict[str, f
     return {"mse_per_pixel": mse,
             "percent_of_variance": 100.0 * mse / var if var > 0 else float("inf"),
             "data_variance": var}
+
+
+def pca_baseline(train, test, n_components: int, variance: float | None = None,
+                 max_train: int = 20000) -> dict[str, float]:
+    """The error of the best *linear* code of ``n_components`` numbers, for context:
+    PCA fitted on (the first ``max_train`` of) ``train``, ``test`` projected onto it and
+    back. Returns ``reconstruction_error``'s dict plus ``n_components``.
+
+    A capsule code with the same number of numbers should beat it; the thesis's faces
+    model (29% of variance with 17 pose and distortion numbers, 2.7) is close to it.
+    """
+    train = np.asarray(to_numpy(train), dtype=np.float64).reshape(len(train), -1)[:max_train]
+    test_flat = np.asarray(to_numpy(test), dtype=np.float64).reshape(len(test), -1)
+    k = int(n_components)
+    if not 0 < k <= min(train.shape):
+        raise ValueError(f"n_components must be in 1..{min(train.shape)}, got {n_components}")
+    mean = train.mean(axis=0)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    basis = vt[:k]
+    recon = (test_flat - mean) @ basis.T @ basis + mean
+    out = reconstruction_error(test_flat, recon, variance)
+    out["n_components"] = k
+    return out
