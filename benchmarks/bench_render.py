@@ -78,15 +78,18 @@ def ours_step(p):
 
 
 # -- the PyTorch peer -----------------------------------------------------------------
-def torch_step(p, torch, keep=False):
+def torch_render(p, torch, device="cpu", grads=True):
+    """The peer on any device (also used by gpu_check.py): affine_grid + grid_sample,
+    maxSemiSoft, squared error. Returns ``(loss, image, contributions, leaves)``; with
+    ``grads`` the leaves' ``.grad`` hold the gradients."""
     F = torch.nn.functional
     B, K = p["intensity"].shape
     T0, T1 = p["templates"].shape[1:]
     H, W = p["size"]
-    tm = torch.from_numpy(p["templates"]).requires_grad_()
-    mats = torch.from_numpy(p["matrices"]).requires_grad_()
-    inten = torch.from_numpy(p["intensity"]).requires_grad_()
-    target = torch.from_numpy(p["target"])
+    leaves = [torch.as_tensor(p[k], device=device).requires_grad_(grads)
+              for k in ("templates", "matrices", "intensity")]
+    tm, mats, inten = leaves
+    target = torch.as_tensor(p["target"], device=device)
     # Our matrix maps (row, col) in unit squares; affine_grid's theta maps normalized
     # (x = col, y = row) in [-1, 1]: q_n = 2 (A (p_n + 1)/2 + b) - 1 = A p_n + A 1 + 2b - 1.
     A = mats[..., :2, :2]
@@ -100,7 +103,13 @@ def torch_step(p, torch, keep=False):
     contributions = out.reshape(B, K, H, W) * inten[:, :, None, None]
     image = torch.logsumexp(contributions * 100.0, dim=1) / 100.0 - float(np.log(K)) / 100.0
     loss = ((image - target) ** 2).sum()
-    loss.backward()
+    if grads:
+        loss.backward()
+    return loss, image, contributions, leaves
+
+
+def torch_step(p, torch, keep=False):
+    loss, image, contributions, (tm, mats, inten) = torch_render(p, torch)
     if not keep:
         return None
     return dict(loss=loss.item(), contributions=contributions.detach().numpy(),

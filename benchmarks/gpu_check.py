@@ -141,29 +141,11 @@ class Ctx:
 
 # -- render ------------------------------------------------------------------------------
 def torch_render_step(p, torch, device, grads=True):
-    """The PyTorch peer (bench_render.torch_step on any device): returns the loss and
-    the leaf tensors (their .grad hold the gradients)."""
-    F = torch.nn.functional
-    B, K = p["intensity"].shape
-    T0, T1 = p["templates"].shape[1:]
-    H, W = p["size"]
-    leaves = [torch.as_tensor(p[k], device=device).requires_grad_(grads)
-              for k in ("templates", "matrices", "intensity")]
-    tm, mats, inten = leaves
-    target = torch.as_tensor(p["target"], device=device)
-    A = mats[..., :2, :2]
-    b = mats[..., :2, 2]
-    off = A.sum(-1) + 2 * b - 1
-    lin = A.flip(-1).flip(-2)
-    theta = torch.cat([lin, off.flip(-1)[..., None]], dim=-1).reshape(B * K, 2, 3)
-    grid = F.affine_grid(theta, (B * K, 1, H, W), align_corners=False)
-    src = tm[None].expand(B, K, T0, T1).reshape(B * K, 1, T0, T1)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contributions = out.reshape(B, K, H, W) * inten[:, :, None, None]
-    image = torch.logsumexp(contributions * 100.0, dim=1) / 100.0 - float(np.log(K)) / 100.0
-    loss = ((image - target) ** 2).sum()
-    if grads:
-        loss.backward()
+    """The PyTorch peer (``bench_render.torch_render``, the CPU benchmark's peer, on any
+    device): returns the loss, the image and the leaf tensors (their .grad hold the
+    gradients)."""
+    from bench_render import torch_render  # noqa: PLC0415 (benchmarks/ is on sys.path)
+    loss, image, _, leaves = torch_render(p, torch, device, grads)
     return loss, image, leaves
 
 

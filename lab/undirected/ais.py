@@ -114,7 +114,13 @@ def _ais(W, b, c, base_rate, n_runs, betas, stream, random_state) -> AISResult:
         pre *= beta
         pre += (1 - beta) * bA + beta * bB
         v = bernoulli(sigmoid_(pre, xp), stream)
-    log_w = to_numpy(log_w)
+    return ais_result(to_numpy(log_w), log_z_base, len(betas), time.perf_counter() - start)
+
+
+def ais_result(log_w, log_z_base: float, n_betas: int, seconds: float) -> AISResult:
+    """log Z and its ±3σ interval from the runs' importance log weights ``log_w``: the
+    mean weight and its standard error, computed stably in log space."""
+    log_w = np.asarray(log_w, dtype=np.float64)
     mx = float(log_w.max())
     w = np.exp(log_w - mx)
     mean = w.mean()
@@ -123,5 +129,4 @@ def _ais(W, b, c, base_rate, n_runs, betas, stream, random_state) -> AISResult:
     upper = mx + math.log(mean + 3 * sigma)
     lower = mx + math.log(mean - 3 * sigma) if mean - 3 * sigma > 0 else -math.inf
     return AISResult(log_z=log_z_base + log_r, lower=log_z_base + lower, upper=log_z_base + upper,
-                     log_z_base=log_z_base, log_weights=log_w, n_betas=len(betas),
-                     seconds=time.perf_counter() - start)
+                     log_z_base=log_z_base, log_weights=log_w, n_betas=n_betas, seconds=seconds)

@@ -357,7 +357,7 @@ def ais_log_partition_gpu(W, b, c, base_rate, *, n_runs: int = 100, betas=None, 
     graph and replays it (the step index and random counter live in device memory).
     Returns an ``AISResult``."""
     import time  # noqa: PLC0415
-    from lab.undirected.ais import AISResult, base_rate_biases, default_betas  # noqa: PLC0415
+    from lab.undirected.ais import ais_result, base_rate_biases, default_betas  # noqa: PLC0415
     from lab.backend import to_numpy  # noqa: PLC0415
     from lab.gpu.philox import uniforms  # noqa: PLC0415
     cp = _cupy()
@@ -413,14 +413,4 @@ def ais_log_partition_gpu(W, b, c, base_rate, *, n_runs: int = 100, betas=None, 
     else:
         for _ in range(steps):
             one_step()
-    log_w = cp.asnumpy(log_w)
-    mx = float(log_w.max())
-    w = np.exp(log_w - mx)
-    mean = w.mean()
-    sigma = w.std() / math.sqrt(len(w))
-    log_r = mx + math.log(mean)
-    upper = mx + math.log(mean + 3 * sigma)
-    lower = mx + math.log(mean - 3 * sigma) if mean - 3 * sigma > 0 else -math.inf
-    return AISResult(log_z=log_z_base + log_r, lower=log_z_base + lower, upper=log_z_base + upper,
-                     log_z_base=log_z_base, log_weights=log_w, n_betas=len(betas),
-                     seconds=time.perf_counter() - start)
+    return ais_result(cp.asnumpy(log_w), log_z_base, len(betas), time.perf_counter() - start)
