@@ -6,7 +6,8 @@
    matrix products per update, so with equal BLAS threads the gap is the rest of the
    update; ``gemm_floor_1_thread`` is the products alone):
      * ``defaults``: each library as it comes (sklearn: BLAS with its default threads;
-       ours: two worker threads over the hidden/visible units, BLAS single-threaded);
+       ours: two worker threads, each owning half of the hidden units for the whole
+       update -- one hand-off per update -- with BLAS single-threaded);
      * ``blas_1_thread``: BLAS limited to one thread for both, and ours with n_jobs=1
        (the per-update work alone, no parallelism anywhere).
 2. Exact log Z of a trained 784x25 RBM (2^25 hidden states): the split scheme of

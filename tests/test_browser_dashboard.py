@@ -176,7 +176,7 @@ def test_dashboard_live_in_chromium(browser, server):
 
     # Pause: the step count freezes. Resume: it advances.
     page.locator(".capsules-pause button").first.click()
-    wait_until(lambda: "paused" in state_of(page, "capsules"), 20, "the capsule session to pause")
+    wait_until(lambda: "paused" in state_of(page, "capsules"), 60, "the capsule session to pause")
     frozen = step_of(page, "capsules")
     time.sleep(3.0)
     assert step_of(page, "capsules") == frozen and "paused" in state_of(page, "capsules")
