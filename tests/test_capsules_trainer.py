@@ -186,7 +186,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
         assert res[key] is not None, key
     assert res["step"] == 5
     # the linear reference: PCA with as many components as the code has numbers
-    assert res["pca_same_code_size"]["n_components"] == 3 * (7 + 2) + 3   # poses, distortions, y
+    assert res["pca_same_code_size"]["n_components"] == 7 + 2    # the selected CC's pose, distortions
     assert 0 < res["pca_same_code_size"]["recon_error_test"] < res["data_variance"]
 
 

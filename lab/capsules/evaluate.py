@@ -11,7 +11,7 @@
   ``code_features`` (the manager's y, the selected CC's pose and distortions, the
   ACs' world matrices and intensities), and on y alone.
 - For context, ``pca_same_code_size``: the test error of PCA with as many components
-  as the encoder emits numbers per image (``lab.evaluation.pca_baseline``).
+  as the code has numbers per image (``linear_code_size``; ``lab.evaluation.pca_baseline``).
 """
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def code_features(code: CapsuleCode) -> np.ndarray:
         parts.append(code.ac_matrices[:, :, :2, :].reshape(n, -1))
         parts.append(code.ac_intensities.reshape(n, -1))
     return np.concatenate([p.reshape(n, -1) for p in parts], axis=1)
+
+
+def linear_code_size(model: CapsuleAutoencoder) -> int:
+    """How many numbers describe one image, for the PCA comparison: the whole code,
+    except in a mixture, where only the selected CC's pose (intensity + 6) and its
+    distortions render the image (the discrete choice among the CCs is not counted)."""
+    c = model.config
+    if getattr(model, "kind", "") == "mixture":
+        return 7 + c.n_distortions
+    return int(model.code_offset.size)
 
 
 def evaluate_model(model: CapsuleAutoencoder, data: dict, n_test: int | None = None,
@@ -56,10 +66,11 @@ def evaluate_model(model: CapsuleAutoencoder, data: dict, n_test: int | None = N
            "recon_error_test_nodropout": e_det["mse_per_pixel"],
            "recon_error_test_nodropout_percent_variance": e_det["percent_of_variance"],
            "label25_error": None, "kmeans10_accuracy": None}
-    k = min(int(model.code_offset.size), len(train_x), model.n_pixels)
-    pca = pca_baseline(train_x, test_x, k, var)
-    out["pca_same_code_size"] = {"n_components": k, "recon_error_test": pca["mse_per_pixel"],
-                                 "percent_variance": pca["percent_of_variance"]}
+    k = linear_code_size(model)
+    if k < min(len(train_x), model.n_pixels):
+        pca = pca_baseline(train_x, test_x, k, var)
+        out["pca_same_code_size"] = {"n_components": k, "recon_error_test": pca["mse_per_pixel"],
+                                     "percent_variance": pca["percent_of_variance"]}
     if test_y is None or train_y is None or getattr(model.config, "dataset", "mnist") != "mnist":
         return out  # Olivetti's labels are 40 subjects, not classes to cluster into 10
     test_code = model.encode(test_x)
