@@ -11,6 +11,7 @@ dashboard (``pn.extension()`` first in the notebook).
 """
 from __future__ import annotations
 
+import abc
 import math
 import time
 
@@ -30,7 +31,7 @@ def _png(frame: np.ndarray, max_px: int = 560) -> bytes:
     return to_png(frame, scale=scale)
 
 
-class LiveWidget:
+class LiveWidget(abc.ABC):
     """Base: ``widget`` (the ipywidget), ``update(snapshot)``, ``attach``/``detach``."""
 
     def __init__(self, source=None, live: bool = True):
@@ -48,11 +49,13 @@ class LiveWidget:
         elif source is not None:
             self._safe_update(source)
 
-    def _build(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _build(self) -> None:
+        """Create the widgets (``self.widget`` and its parts)."""
 
-    def update(self, snapshot) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def update(self, snapshot) -> None:
+        """Redraw from one trainer snapshot."""
 
     def _safe_update(self, snapshot) -> None:
         try:

@@ -203,9 +203,9 @@ class RenderTemplates(Function):
     # -- forward -----------------------------------------------------------------
     def forward(self, xp, templates, m, intensity):
         if xp is not np:   # pragma: no cover - CuPy arrays take forward_gpu
-            raise NotImplementedError(
-                "this numpy path relies on numpy-only tricks (opaque-item gathers, ufunc.at); "
-                "CuPy arrays go through forward_gpu")
+            raise TypeError(
+                f"the numpy render path got {xp.__name__} arrays: it relies on numpy-only tricks "
+                "(opaque-item gathers, ufunc.at); CuPy arrays go through forward_gpu")
         self._check(xp, templates, m, intensity)
         dt = self.dt = np.result_type(templates.dtype, m.dtype, intensity.dtype)
         templates, m, intensity = (a.astype(dt, copy=False) for a in (templates, m, intensity))
