@@ -283,8 +283,6 @@ class _RBMBase(ScheduledTrainer, Estimator):
         H = xp.empty((n + m, W.shape[0]), dtype=W.dtype)
         gc = xp.empty(W.shape[0], dtype=W.dtype)
         shares = [None] * len(slices)
-        folded = lr > 0 and self._velocity is None
-        scale = lr if folded else 1.0
 
         def work(k):
             sl = slices[k]
@@ -296,10 +294,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
             sigmoid_(hs, xp)
             h_sample = xp.less(u_h[:, sl], hs[n:]).astype(hs.dtype)
             shares[k] = h_sample @ Wn[sl]                        # step 4, this slice's share
-            gc[sl] = hs[:n].mean(axis=0) - hs[n:].mean(axis=0)
-            hs[:n] *= scale / n
-            hs[n:] *= -scale / m
-            self._apply_rows(sl, hs.T @ V, lr, folded)           # steps 5-7
+            self._statistics_step(sl, hs, V, n, lr, gc)          # steps 5-7
 
         extra = []
         ph.runner.run(work, range(len(slices)), meanwhile=lambda: extra.extend(
@@ -315,26 +310,33 @@ class _RBMBase(ScheduledTrainer, Estimator):
     def _apply_statistics(self, v_pos, h_pos, v_neg, h_neg, lr: float) -> None:
         """Steps 5-7 of 3.2.4 for CD and MF-CD: g = positive - negative statistics, one
         matrix product ``[h_pos/n; -h_neg/m]^T [v_pos; v_neg]`` per slice of hidden units,
-        applied to those rows of the weights in the same thread. Without momentum the
-        learning rate is folded into the product, which is then the step itself."""
+        applied to those rows of the weights in the same thread."""
         xp = self._xp
-        n, m = v_pos.shape[0], v_neg.shape[0]
+        n = v_pos.shape[0]
         vcat, hcat = xp.concatenate([v_pos, v_neg]), xp.concatenate([h_pos, h_neg])
-        folded = lr > 0 and self._velocity is None
-        scale = lr if folded else 1.0
         gc = xp.empty(hcat.shape[1], dtype=hcat.dtype)
         gb = []
 
         def rows(sl):
-            hs = hcat[:, sl]
-            gc[sl] = hs[:n].mean(axis=0) - hs[n:].mean(axis=0)
-            hs[:n] *= scale / n
-            hs[n:] *= -scale / m
-            self._apply_rows(sl, hs.T @ vcat, lr, folded)
+            self._statistics_step(sl, hcat[:, sl], vcat, n, lr, gc)
 
         self._phases.runner.run(rows, self._phases.hidden_slices,
                                 meanwhile=lambda: gb.append(alg.vcat_bias(v_pos, v_neg)))
         self._apply_biases(gb[0], gc, lr)
+
+    def _statistics_step(self, sl, hs, V, n: int, lr: float, gc) -> None:
+        """For the hidden units ``sl``: ``hs = [h_pos; h_neg]`` (overwritten) and the
+        stacked visible states ``V = [v_pos; v_neg]`` (``n`` positive rows) give the
+        hidden-bias gradient (into ``gc[sl]``) and one product ``[h_pos/n; -h_neg/m]^T V``,
+        applied to those weight rows. Without momentum the learning rate is folded into
+        the product, which is then the step itself."""
+        m = hs.shape[0] - n
+        folded = lr > 0 and self._velocity is None
+        scale = lr if folded else 1.0
+        gc[sl] = hs[:n].mean(axis=0) - hs[n:].mean(axis=0)
+        hs[:n] *= scale / n
+        hs[n:] *= -scale / m
+        self._apply_rows(sl, hs.T @ V, lr, folded)
 
     def _apply_rows(self, sl, G, lr: float, folded: bool = False) -> None:
         """Update weight rows ``sl`` with the gradient estimate ``G`` (overwritten), or
