@@ -185,6 +185,13 @@ def test_cli_train_and_eval(tmp_path, capsys):
                 "recon_error_test_nodropout_percent_variance", "label25_error", "kmeans10_accuracy"):
         assert res[key] is not None, key
     assert res["step"] == 5
+    # best.npz: the lowest held-out error seen (evaluated every 2 steps here)
+    best = json.loads((out / "best.json").read_text())
+    valids = [r["valid_recon_nodropout"] for r in lines if "valid_recon_nodropout" in r]
+    assert best["valid_recon_nodropout"] <= min(valids) + 1e-12 and (out / "best.npz").exists()
+    assert main(["eval", "capsules", str(out), "--which", "best", "--n-test", "50",
+                 "--n-train", "100", "--no-kmeans"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == best["step"]
     # the linear reference: PCA with as many components as the code has numbers
     assert res["pca_same_code_size"]["n_components"] == 7 + 2    # the selected CC's pose, distortions
     assert 0 < res["pca_same_code_size"]["recon_error_test"] < res["data_variance"]

@@ -28,13 +28,20 @@ from lab.capsules.gpnn import GPNN
 from lab.capsules.managers import RMM, TMM
 
 
-def find_checkpoint(path) -> Path:
+def find_checkpoint(path, which: str = "final") -> Path:
     """``path`` itself if it is a file, else the newest valid ``ckpt-*.npz`` in the directory
-    (``final.npz`` first when present)."""
+    (``final.npz`` first when present); ``which="best"``: the directory's ``best.npz``
+    (lowest held-out error seen during training)."""
     from lab.checkpoint import latest_checkpoint  # noqa: PLC0415
+    if which not in ("final", "best"):
+        raise ValueError(f"which must be 'final' or 'best', got {which!r}")
     p = Path(path)
     if p.is_file():
         return p
+    if p.is_dir() and which == "best":
+        if (p / "best.npz").is_file():
+            return p / "best.npz"
+        raise FileNotFoundError(f"no best.npz in {path} (written by runs that evaluate held-out data)")
     if p.is_dir():
         if (p / "final.npz").is_file():
             return p / "final.npz"

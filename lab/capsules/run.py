@@ -2,8 +2,9 @@
 
 Writes ``DIR/metrics.jsonl`` (one JSON line per step, plus ``event`` lines for
 rollbacks and checkpoints), ``DIR/ckpt-*.npz`` every ``checkpoint_seconds`` (the
-newest three kept) and ``DIR/final.npz`` at the end; resumes from the newest valid
-checkpoint in ``DIR`` when asked.
+newest three kept), ``DIR/best.npz`` (+ ``best.json``) whenever the held-out error
+reaches a new low (early stopping's model) and ``DIR/final.npz`` at the end; resumes
+from the newest valid checkpoint in ``DIR`` when asked.
 
 BLAS threads: on a small shared CPU, OpenBLAS's default of one thread per core makes
 the encoder's matrix products 50-100x *slower* as soon as other processes compete
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -63,6 +66,8 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     total = minutes * 60.0 if minutes is not None else float(steps)
     unit = "s" if minutes is not None else "it"
     n_events = len(trainer.events)
+    best_path = out / "best.json"       # the best held-out error so far (kept across --resume)
+    best = json.loads(best_path.read_text()) if best_path.is_file() else None
     with Progress(total if progress else None, f"capsules {config.name}", unit=unit) as bar:
         while True:
             elapsed = time.monotonic() - t_start
@@ -75,6 +80,15 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
             if log_every and logged and (m["step"] % log_every == 0 or "valid_recon_nodropout" in m
                                          or "rollback" in m):
                 write_jsonl(metrics_path, m)
+            valid = m.get("valid_recon_nodropout")
+            if valid is not None and math.isfinite(valid) and (best is None or valid < best["valid_recon_nodropout"]):
+                # early stopping's checkpoint: with a constant step size the held-out error
+                # moves from one evaluation to the next (faces: 33-55% of variance)
+                trainer.save(out / "best.npz")
+                best = {"step": trainer.step_count, "valid_recon_nodropout": float(valid)}
+                tmp = best_path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(best))
+                os.replace(tmp, best_path)
             if len(trainer.events) > n_events:
                 for ev in trainer.events[n_events:]:
                     write_jsonl(metrics_path, {"event": "rollback", **ev})
@@ -98,6 +112,7 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
                "steps_this_run": n_steps, "seconds": round(seconds, 2),
                "images_per_second": round(n_steps * config.batch_size / max(seconds, 1e-9), 2),
                "valid_recon_nodropout": trainer.evaluate(), "rollbacks": len(trainer.events),
-               "optimizer": trainer.optimizer_name, "device": trainer.backend.name}
+               "optimizer": trainer.optimizer_name, "device": trainer.backend.name,
+               "best": best}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

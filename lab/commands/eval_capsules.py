@@ -13,6 +13,8 @@ def register(subparsers) -> None:
     p.add_argument("--n-test", type=int, default=None, help="use the first N test images")
     p.add_argument("--n-train", type=int, default=None,
                    help="use the first N training images for the 25-label protocol")
+    p.add_argument("--which", choices=("final", "best"), default="final",
+                   help="in a run directory: final.npz (default) or best.npz (lowest held-out error)")
     p.add_argument("--seed", type=int, default=0, help="dropout seed of the with-dropout error")
     p.add_argument("--no-kmeans", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads")
@@ -25,7 +27,7 @@ def run(args) -> int:
     from lab.capsules.data import load_data  # noqa: PLC0415
     from lab.capsules.evaluate import evaluate_model  # noqa: PLC0415
     from lab.capsules.run import limit_blas_threads  # noqa: PLC0415
-    path = find_checkpoint(args.path)
+    path = find_checkpoint(args.path, args.which)
     with limit_blas_threads(args.threads):
         model = load(path)
         data = load_data(model.config, args.data_dir)
