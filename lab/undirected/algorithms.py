@@ -116,9 +116,8 @@ class Phases:
         self.hidden_slices = _split(n_hidden, n)
         self.visible_slices = _split(n_visible, n, keep_tail=visible.n_softmax)
 
-    def hidden(self, v, W, c, u=None, meanwhile=None):
-        """P(h | v) and, given uniforms ``u``, a sample: ``(probs, sample or None)``.
-        ``meanwhile()`` runs in the calling thread while the workers compute."""
+    def hidden(self, v, W, c, u=None):
+        """P(h | v) and, given uniforms ``u``, a sample: ``(probs, sample or None)``."""
         xp = self.xp
         probs = xp.empty((v.shape[0], self.n_hidden), dtype=v.dtype)
         sample = None if u is None else xp.empty_like(probs)
@@ -131,7 +130,7 @@ class Phases:
             if u is not None:
                 xp.less(u[:, sl], pre, out=sample[:, sl])
 
-        self.runner.run(step, self.hidden_slices, meanwhile)
+        self.runner.run(step, self.hidden_slices)
         return probs, sample
 
     def visible_mean(self, h, W, b):
@@ -146,12 +145,10 @@ class Phases:
         self.runner.run(step, self.visible_slices)
         return out
 
-    def visible_sample(self, h, W, b, u=None):
-        """A sample of the visible layer given ``h`` (``u``: this layer's uniforms from
-        :meth:`visible_uniforms`, drawn here when not given)."""
+    def visible_sample(self, h, W, b):
+        """A sample of the visible layer given ``h``."""
         xp = self.xp
-        if u is None:
-            u = self.visible_uniforms(h.shape[0], h.dtype)
+        u = self.visible_uniforms(h.shape[0], h.dtype)
         out = xp.empty((h.shape[0], self.n_visible), dtype=h.dtype)
 
         def step(sl):

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from lab.backend import RandomStream, to_numpy
+from lab.experiment_catalog import CHAPTER3 as DESCRIPTIONS
 from lab.undirected.ais import quick_betas
 from lab.undirected.classification import ClassificationRBM
 from lab.undirected.mrf import FullyVisibleMRF
@@ -143,6 +144,12 @@ def _best(records, key, group=("algorithm", "seconds")):
     return list(best.values())
 
 
+def _curves(chosen, key, algorithms) -> dict:
+    """Per algorithm, ``[[seconds, key], ...]`` of the chosen records, by duration."""
+    ordered = sorted(chosen, key=lambda r: r["seconds"])
+    return {a: [[r["seconds"], r[key]] for r in ordered if r["algorithm"] == a] for a in algorithms}
+
+
 # ----------------------------------------------------------------------------------
 # fig 3.1: 25 hidden units, exact test log-likelihood vs training time
 # ----------------------------------------------------------------------------------
@@ -180,8 +187,7 @@ def fig3_1(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
     chosen = _best(runs, "valid_ll")
     return {"name": "fig3.1", "quick": quick, "seed": seed, "n_hidden": n_hidden,
             "durations": durations, "runs": runs,
-            "curves": {a: [[r["seconds"], r["test_ll"]] for r in sorted(chosen, key=lambda r: r["seconds"])
-                           if r["algorithm"] == a] for a in algorithms},
+            "curves": _curves(chosen, "test_ll", algorithms),
             "machine": machine_info()}
 
 
@@ -260,9 +266,7 @@ def fig3_3(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
     chosen = _best(runs, "valid_accuracy")
     return {"name": "fig3.3", "quick": quick, "seed": seed, "n_hidden": n_hidden,
             "durations": durations, "runs": runs,
-            "curves": {a: [[r["seconds"], r["test_accuracy"]]
-                           for r in sorted(chosen, key=lambda r: r["seconds"]) if r["algorithm"] == a]
-                       for a in algorithms},
+            "curves": _curves(chosen, "test_accuracy", algorithms),
             "machine": machine_info()}
 
 
@@ -304,8 +308,7 @@ def fig3_6(quick: bool = False, seed: int = 0, durations=None, hidden_sizes=None
                          f"updates={rec['n_updates']:6d} valid={rec['valid_accuracy']:.4f} "
                          f"test={rec['test_accuracy']:.4f}", verbose)
     chosen = sorted(_best(runs, "valid_accuracy"), key=lambda r: r["seconds"])
-    curves = {a: [[r["seconds"], r["test_accuracy"]] for r in chosen if r["algorithm"] == a]
-              for a in ("pcd", "fpcd")}
+    curves = _curves(chosen, "test_accuracy", ("pcd", "fpcd"))
     best_hidden = {a: {str(r["seconds"]): r["n_hidden"] for r in chosen if r["algorithm"] == a}
                    for a in ("pcd", "fpcd")}
     pcd_final = curves["pcd"][-1][1]
@@ -370,8 +373,7 @@ def fig3_4(quick: bool = False, seed: int = 0, pl_durations=None, pcd_durations=
     summary["train_entropy"] = data["train_entropy"]
     summary["pcd_train_minus_test_ll"] = best["pcd"]["train_ll"] - best["pcd"]["test_ll"]
     return {"name": "fig3.4", "quick": quick, "seed": seed, "runs": runs,
-            "curves": {a: [[r["seconds"], r["test_ll"]] for r in sorted(chosen, key=lambda r: r["seconds"])
-                           if r["algorithm"] == a] for a in ("pl", "pcd", "exact")},
+            "curves": _curves(chosen, "test_ll", ("pl", "pcd", "exact")),
             "summary": summary, "thesis": THESIS["fig3.4"], "machine": machine_info()}
 
 
@@ -426,15 +428,6 @@ EXPERIMENTS = {
     "fig3.4": fig3_4,
     "fig3.5": fig3_5,
     "fig3.6": fig3_6,
-}
-
-DESCRIPTIONS = {
-    "fig3.1": "784x25 RBM on MNIST: exact test log-likelihood vs time (CD-1, CD-10, MF-CD, PCD, FPCD)",
-    "fig3.2": "samples from 784x500 RBMs trained with PCD and CD-1 (plus AIS test log-likelihood)",
-    "fig3.3": "classification RBM on MNIST: test accuracy vs time (CD-1, CD-10, MF-CD, PCD, FPCD)",
-    "fig3.4": "25-unit fully visible MRF on 5x5 patches: PL, PCD, exact gradient (exact test LL)",
-    "fig3.5": "100-hidden RBM on outlines: AIS test log-likelihood, with/without weight decay",
-    "fig3.6": "PCD vs FPCD classification RBMs, hidden units chosen on validation data",
 }
 
 
