@@ -116,6 +116,24 @@ def test_weight_decay_value():
     np.testing.assert_allclose(a.grad, 1e-6 * np.array([0.0, 2 * 0.2, -2 * 0.4]))
 
 
+def test_weight_decay_gradcheck_and_brute_force(rng):
+    """WeightDecay (one node over all parameters) against float64 central differences and
+    against the element-wise formula, values away from the kinks at ±0.1."""
+    shapes = [(4, 5), (7,), (2, 3, 2)]
+    arrays = []
+    for shape in shapes:
+        x = rng.uniform(-0.6, 0.6, shape)
+        x[np.abs(np.abs(x) - 0.1) < 0.02] = 0.3
+        arrays.append(x)
+    assert gradcheck(lambda *ts: reg.weight_decay(ts, alpha=0.7), arrays)
+    want = 0.7 * sum((np.maximum(np.abs(x) - 0.1, 0.0) ** 2).sum() for x in arrays)
+    assert reg.weight_decay([Tensor(x) for x in arrays], alpha=0.7).item() == pytest.approx(want, rel=1e-12)
+    f32 = reg.weight_decay([Tensor(x.astype(np.float32)) for x in arrays], alpha=0.7)
+    assert f32.dtype == np.float32 and f32.item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="at least one"):
+        reg.weight_decay([])
+
+
 def test_determinant_penalty_value():
     m = np.zeros((2, 2, 3, 3))
     for b in range(2):

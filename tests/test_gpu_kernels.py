@@ -238,3 +238,191 @@ def test_render_kernel_arithmetic_matches_numpy_op(tmp_path):
     assert rel(gt.reshape(K, T, T), xs[0].grad) < 1e-5
     assert rel(gm[ok], xs[1].grad[ok]) < 1e-5
     assert rel(gi.reshape(B, K)[ok], xs[2].grad[ok]) < 1e-5
+
+
+def _column_major_gemm(opx, opy, m, n, k, x, ldx, y, ldy, c, ldc):
+    """What cuBLAS's gemm does to flat buffers: C (m x n, column-major, leading dimension
+    ldc) = op(X) op(Y), each operand read column-major with its leading dimension."""
+    from numpy.lib.stride_tricks import as_strided
+    item = c.itemsize
+
+    def mat(buf, rows, cols, ld):
+        return as_strided(buf, shape=(rows, cols), strides=(item, ld * item))
+    X = mat(x, *((m, k) if opx == 0 else (k, m)), ldx)
+    Y = mat(y, *((k, n) if opy == 0 else (n, k)), ldy)
+    mat(c, m, n, ldc)[...] = (X if opx == 0 else X.T) @ (Y if opy == 0 else Y.T)
+
+
+@pytest.mark.parametrize("transa", ["N", "T"])
+@pytest.mark.parametrize("transb", ["N", "T"])
+def test_cublas_row_major_arguments(transa, transb, rng):
+    """lab.gpu.cublas translates a row-major product (operands that are row slices of
+    wider arrays included) into the column-major call cuBLAS makes: checked here by
+    playing cuBLAS's part in numpy on the same flat buffers."""
+    from lab.gpu.cublas import gemm_arguments
+    M, N, K = 5, 4, 3
+    a_full = rng.standard_normal((9, 8))          # op(a) is MxK, stored in wider rows
+    b_full = rng.standard_normal((9, 7))
+    a = a_full[2:2 + M, :K] if transa == "N" else a_full[1:1 + K, :M]
+    b = b_full[:K, :N] if transb == "N" else b_full[3:3 + N, :K]
+    out_full = np.zeros((M + 2, N + 3))
+    opx, opy, m, n, k, ldx, ldy, ldc = gemm_arguments(
+        transa, transb, a.shape, 8, b.shape, 7, (M, N), N + 3)
+    start = lambda arr, full: (arr.__array_interface__["data"][0] - full.__array_interface__["data"][0]) // 8
+    _column_major_gemm(opx, opy, m, n, k, b_full.ravel()[start(b, b_full):], ldx,
+                       a_full.ravel()[start(a, a_full):], ldy, out_full.ravel()[N + 3:], ldc)
+    want = (a if transa == "N" else a.T) @ (b if transb == "N" else b.T)
+    np.testing.assert_allclose(out_full[1:1 + M, :N], want, rtol=1e-12)
+    assert not out_full[0].any() and not out_full[1 + M:].any() and not out_full[:, N:].any()
+
+
+def test_cublas_arguments_refuse_mismatches():
+    from lab.gpu.cublas import gemm_arguments
+    with pytest.raises(ValueError, match="inner dimensions"):
+        gemm_arguments("N", "N", (2, 3), 3, (4, 2), 2, (2, 2), 2)
+    with pytest.raises(ValueError, match="out must be"):
+        gemm_arguments("N", "T", (2, 3), 3, (4, 3), 3, (2, 3), 3)
+    with pytest.raises(ValueError, match="row stride"):
+        gemm_arguments("N", "N", (2, 3), 2, (3, 2), 2, (2, 2), 2)
+    with pytest.raises(ValueError, match="transa"):
+        gemm_arguments("C", "N", (2, 3), 3, (3, 2), 2, (2, 2), 2)
+
+
+_OPTIM_HARNESS = r"""
+#include <cstdio>
+#include <vector>
+#include "optim.cu"
+// optim.cu's conservative_element, serially on the host, over one parameter.
+template <typename T> int run(FILE* f, FILE* o, long long n, int n_avg, int mask, int first) {
+    double coef[16];
+    if (fread(coef, 8, 16, f) != 16) return 1;
+    T alpha[4], keep[MAX_AVERAGES], w[MAX_AVERAGES];
+    for (int j = 0; j < 4; ++j) alpha[j] = (T)coef[j];
+    for (int k = 0; k < MAX_AVERAGES; ++k) { keep[k] = (T)coef[4 + k]; w[k] = (T)coef[10 + k]; }
+    std::vector<T> g(n), data(n), avg(n * n_avg);
+    if (fread(g.data(), sizeof(T), n, f) != (size_t)n || fread(data.data(), sizeof(T), n, f) != (size_t)n ||
+        fread(avg.data(), sizeof(T), n * n_avg, f) != (size_t)(n * n_avg)) return 1;
+    for (long long i = 0; i < n; ++i) {
+        T* ptr[MAX_AVERAGES];
+        for (int k = 0; k < n_avg; ++k) ptr[k] = avg.data() + k * n + i;
+        conservative_element(g[i], data.data() + i, ptr, n_avg, mask, first != 0, alpha, keep, w);
+    }
+    fwrite(data.data(), sizeof(T), n, o); fwrite(avg.data(), sizeof(T), n * n_avg, o);
+    return 0;
+}
+int main(int argc, char** argv) {
+    FILE* f = fopen(argv[1], "rb");
+    long long d[5];
+    if (fread(d, 8, 5, f) != 5) return 1;
+    FILE* o = fopen(argv[2], "wb");
+    const int rc = d[4] == 4 ? run<float>(f, o, d[0], (int)d[1], (int)d[2], (int)d[3])
+                             : run<double>(f, o, d[0], (int)d[1], (int)d[2], (int)d[3]);
+    fclose(f); fclose(o);
+    return rc;
+}
+"""
+
+
+def _build(tmp_path, text, name):
+    (tmp_path / f"{name}_harness.cu").write_text(text)
+    exe = tmp_path / name
+    res = subprocess.run([NVCC, "-std=c++17", "-Xcompiler", "-ffp-contract=off", f"-I{KERNEL_DIR}",
+                          "-o", str(exe), str(tmp_path / f"{name}_harness.cu")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return exe
+
+
+@needs_nvcc
+def test_optimizer_kernel_arithmetic_equals_numpy_optimizer(tmp_path, rng):
+    """optim.cu's per-element step, compiled for the host, against ConservativeOptimizer's
+    numpy step from the same state: the same bits (zero, NaN, tiny and huge gradients;
+    both readings of when the averages update; float32 and float64; a cut step scale)."""
+    import math
+    from lab.autodiff import Tensor
+    from lab.optim import ConservativeOptimizer
+    from lab.optim.conservative_gpu import coefficients
+    exe = _build(tmp_path, _OPTIM_HARNESS, "optim")
+    n = 600
+    for dtype in (np.float32, np.float64):
+        for gammas in ((1.0, math.exp(3.0), math.exp(6.0)), (math.exp(3.0),), (1.0, 2.0, 5.0, 9.0, 20.0, 1.0)):
+            for update_first in (True, False):
+                g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 2, n)).astype(dtype)
+                g[:7] = 0.0
+                g[7] = np.nan
+                data = rng.standard_normal(n).astype(dtype)
+                avgs = [(rng.random(n) * 10.0 ** rng.uniform(-8, 1, n)).astype(dtype) for _ in gammas]
+                avgs[0][10:13] = 0.0
+                w = Tensor(data.copy(), requires_grad=True)
+                opt = ConservativeOptimizer({"w": w}, gammas=gammas, update_first=update_first, record_every=0)
+                opt.state["w"] = {f"avg{k}": a.copy() for k, a in enumerate(avgs)}
+                opt.state["w"]["ready"] = 1
+                opt.scale_step_sizes(0.5)
+                w.grad = g.copy()
+                opt.step()
+                coef, mask = coefficients(tuple(a * 0.5 for a in opt.alphas), gammas)
+                inp = tmp_path / "in.bin"
+                with open(inp, "wb") as f:
+                    np.asarray([n, len(gammas), mask, int(update_first), np.dtype(dtype).itemsize], np.int64).tofile(f)
+                    coef.tofile(f)
+                    for a in (g, data, *avgs):
+                        a.tofile(f)
+                out = tmp_path / "out.bin"
+                subprocess.run([str(exe), str(inp), str(out)], check=True, timeout=60)
+                got = np.fromfile(out, dtype).reshape(1 + len(gammas), n)
+                np.testing.assert_array_equal(got[0], w.data, err_msg=f"{dtype} {gammas} {update_first}")
+                for k in range(len(gammas)):
+                    np.testing.assert_array_equal(got[1 + k], opt.state["w"][f"avg{k}"])
+
+
+_NTM_HARNESS = r"""
+#include <cstdio>
+#include <vector>
+#include "ntm.cu"
+template <typename T> int run(FILE* f, FILE* o, long long n) {
+    std::vector<T> nice(6 * n), gy(9 * n), m(9 * n), g(6 * n);
+    if (fread(nice.data(), sizeof(T), 6 * n, f) != (size_t)(6 * n) ||
+        fread(gy.data(), sizeof(T), 9 * n, f) != (size_t)(9 * n)) return 1;
+    for (long long i = 0; i < n; ++i) {
+        ntm_forward_one(nice.data() + 6 * i, m.data() + 9 * i);
+        ntm_backward_one(nice.data() + 6 * i, gy.data() + 9 * i, g.data() + 6 * i);
+    }
+    fwrite(m.data(), sizeof(T), 9 * n, o); fwrite(g.data(), sizeof(T), 6 * n, o);
+    return 0;
+}
+int main(int argc, char** argv) {
+    FILE* f = fopen(argv[1], "rb");
+    long long d[2];
+    if (fread(d, 8, 2, f) != 2) return 1;
+    FILE* o = fopen(argv[2], "wb");
+    const int rc = d[1] == 4 ? run<float>(f, o, d[0]) : run<double>(f, o, d[0]);
+    fclose(f); fclose(o);
+    return rc;
+}
+"""
+
+
+@needs_nvcc
+def test_ntm_kernel_arithmetic_matches_numpy_op(tmp_path, rng):
+    """ntm.cu's per-pose forward and backward, compiled for the host, against the numpy
+    NTM op (cos/sin may differ in the last bit; everything else is numpy's order)."""
+    from lab.autodiff import Tensor
+    from lab.graphics.ntm import nice_to_matrix
+    exe = _build(tmp_path, _NTM_HARNESS, "ntm")
+    n = 300
+    for dtype, tol in ((np.float32, 2e-6), (np.float64, 1e-14)):
+        nice = (rng.standard_normal((n, 6)) * 2).astype(dtype)
+        gy = rng.standard_normal((n, 3, 3)).astype(dtype)
+        x = Tensor(nice.copy(), requires_grad=True)
+        y = nice_to_matrix(x)
+        y.backward(gy)
+        inp = tmp_path / "in.bin"
+        with open(inp, "wb") as f:
+            np.asarray([n, np.dtype(dtype).itemsize], np.int64).tofile(f)
+            nice.tofile(f)
+            gy.tofile(f)
+        out = tmp_path / "out.bin"
+        subprocess.run([str(exe), str(inp), str(out)], check=True, timeout=60)
+        flat = np.fromfile(out, dtype)
+        m, g = flat[:9 * n].reshape(n, 3, 3), flat[9 * n:].reshape(n, 6)
+        np.testing.assert_allclose(m, y.data, rtol=tol, atol=tol)
+        np.testing.assert_allclose(g, x.grad, rtol=tol * 10, atol=tol * 10)

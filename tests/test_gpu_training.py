@@ -1,5 +1,5 @@
-"""Training on the GPU against the CPU (marked ``gpu``: skipped without a device; unverified
-until a device session runs them): the BinaryRBM estimator's fused PCD/FPCD update against
+"""Training on the GPU against the CPU (marked ``gpu``: skipped without a device; they
+passed on an H100 on 2026-11-27): the BinaryRBM estimator's fused PCD/FPCD update against
 the array reference with the same uniforms, its learning against the CPU estimator's, exact
 log Z routed to the device kernel, and the capsule model's loss and gradients on CuPy
 against numpy for a tiny config."""

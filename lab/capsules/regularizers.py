@@ -18,8 +18,9 @@
 """
 from __future__ import annotations
 
-from lab.autodiff import Tensor, abs, log, maximum, mean, relu, square  # noqa: A004
+from lab.autodiff import Tensor, log, maximum, mean, relu, square
 from lab.autodiff import sum as tsum
+from lab.autodiff.function import Function
 from lab.graphics import FILL_DETERMINANT
 
 #: α of the weight decay (2.4.5: "I used α = 10^-6, which is not much").
@@ -28,15 +29,37 @@ WEIGHT_DECAY = 1e-6
 WEIGHT_DECAY_FREE = 0.1
 
 
+class WeightDecay(Function):
+    """α Σ max(0, |θ| - free)² over several parameter arrays, as one graph node (2.4.5).
+
+    With ``s = θ - clip(θ, -free, free)`` (the part of θ beyond ±free, signed) the value
+    is α Σ s² and the gradient 2α s: three passes over the parameters forward and one
+    backward, instead of an abs/sub/relu/square/sum chain per parameter (on the
+    4.4M-parameter mnist-thesis model that chain cost ~90 ms a step on the CPU and ~6 ms
+    of GPU launches)."""
+
+    label = "weight_decay"
+
+    def __init__(self, alpha: float, free: float):
+        self.alpha, self.free = float(alpha), float(free)
+
+    def forward(self, xp, *thetas):
+        self.beyond = [t - xp.clip(t, -self.free, self.free) for t in thetas]
+        terms = [xp.vdot(s.ravel(), s.ravel()) for s in self.beyond]
+        total = terms[0] if len(terms) == 1 else xp.stack(terms).sum()
+        return xp.asarray(total * self.alpha, dtype=thetas[0].dtype)
+
+    def backward(self, xp, gy):
+        scale = gy * (2.0 * self.alpha)
+        return tuple(s * scale.astype(s.dtype) for s in self.beyond)
+
+
 def weight_decay(params, alpha: float = WEIGHT_DECAY, free: float = WEIGHT_DECAY_FREE) -> Tensor:
     """α Σ max(0, |θ| - free)² over the Tensors in ``params`` (an iterable)."""
-    total = None
-    for p in params:
-        term = tsum(square(relu(abs(p) - free)))
-        total = term if total is None else total + term
-    if total is None:
+    params = list(params)
+    if not params:
         raise ValueError("weight_decay needs at least one parameter")
-    return total * alpha
+    return WeightDecay(alpha, free)(*params)
 
 
 def determinant(world_to_template: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
                    help="default: the config's (conservative for mnist-thesis, as in 2.5.3)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"),
                    help="cpu (default), gpu (CuPy; fails if no GPU can run) or auto "
-                        "(the GPU when usable); the GPU path is unverified on a device")
+                        "(the GPU when usable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1,

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None,
                    help="cpu, gpu or auto (default $LAB_DEVICE or cpu); on the GPU pcd/fpcd without "
-                        "momentum use the fused CUDA update (unverified on a device)")
+                        "momentum use the fused CUDA update")
     p.add_argument("--out", default=None, help="run directory (default runs/rbm-ALGORITHM-HIDDEN)")
     p.set_defaults(func=run)
 

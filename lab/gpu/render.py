@@ -8,8 +8,8 @@ rendering, the maxSemiSoft output model (2.3.3) and a squared error into one ker
 returns the loss and the gradients for templates, matrices and intensities: the decoder's
 hot path of a capsule training step without any (B, K, H, W) intermediate.
 
-Float32 or float64 (all inputs cast to their common type). Unverified on a device until
-``benchmarks/gpu_check.py`` has run on one.
+Float32 or float64 (all inputs cast to their common type). Checked against the numpy op
+and timed beside PyTorch on an H100 by ``benchmarks/gpu_check.py``.
 """
 from __future__ import annotations
 

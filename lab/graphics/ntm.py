@@ -48,6 +48,13 @@ from lab.autodiff import Function, Tensor, getitem, register_op
 IDENTITY_NICE = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 
 
+_THREADS = 256
+
+
+def _blocks(n: int) -> int:
+    return max(1, min(4096, (int(n) + _THREADS - 1) // _THREADS))
+
+
 class NiceToMatrix(Function):
     """(..., 6) nice poses -> (..., 3, 3) world -> template matrices (fused, thesis fig. 2.4)."""
 
@@ -70,6 +77,25 @@ class NiceToMatrix(Function):
         m[..., 2, 2] = 1.0
         self.saved = (c, s, s0, s1, z, u0, u1, a00, a01, a10, a11)
         return m
+
+    def forward_gpu(self, xp, nice):
+        """One thread per pose (``lab/gpu/kernels/ntm.cu``); keeps only the poses."""
+        from lab.gpu import kernel, suffix  # noqa: PLC0415  (GPU path only)
+        if nice.shape[-1:] != (6,) or nice.dtype.kind != "f":
+            return self.forward(xp, nice)           # the array code raises the clear error
+        self.nice = xp.ascontiguousarray(nice)
+        n = self.nice.size // 6
+        m = xp.empty(nice.shape[:-1] + (3, 3), dtype=nice.dtype)
+        kernel("ntm.cu", f"ntm_forward_{suffix(nice.dtype)}")((_blocks(n),), (_THREADS,), (self.nice, m, np.int64(n)))
+        return m
+
+    def backward_gpu(self, xp, gy):
+        from lab.gpu import kernel, suffix  # noqa: PLC0415
+        gy = xp.ascontiguousarray(gy, dtype=self.nice.dtype)
+        n = self.nice.size // 6
+        g = xp.empty(self.nice.shape, dtype=self.nice.dtype)
+        kernel("ntm.cu", f"ntm_backward_{suffix(g.dtype)}")((_blocks(n),), (_THREADS,), (self.nice, gy, g, np.int64(n)))
+        return (g,)
 
     def backward(self, xp, gy):
         c, s, s0, s1, z, u0, u1, a00, a01, a10, a11 = self.saved

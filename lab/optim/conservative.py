@@ -211,6 +211,14 @@ class ConservativeOptimizer(Optimizer):
 
     def _update(self, name, data, g, slots, hyper):
         xp = get_array_module(data)
+        record = bool(self.record_every) and self.step_count % self.record_every == 0
+        if (xp is not np and slots["ready"] and not record and data.dtype == g.dtype
+                and data.flags.c_contiguous and g.flags.c_contiguous):
+            # GPU: the same arithmetic in one kernel (lab.optim.conservative_gpu)
+            from lab.optim.conservative_gpu import fused_update  # noqa: PLC0415
+            fused_update(data, g, [slots[f"avg{k}"] for k in range(len(self.gammas))], self.gammas,
+                         tuple(a * self.step_scale for a in hyper["alphas"]), self.update_first)
+            return None
         g2 = g * g
         if not slots["ready"]:
             if hyper["init_sq"] is not None:
@@ -237,9 +245,7 @@ class ConservativeOptimizer(Optimizer):
         delta = g * f
         xp.clip(delta, -alphas[0], alphas[0], out=delta)
         data -= delta.astype(data.dtype, copy=False)
-        if self.record_every and self.step_count % self.record_every == 0:
-            return _rule_counts(g, f, q3, alphas)
-        return None
+        return _rule_counts(g, f, q3, alphas) if record else None
 
     def _update_averages(self, slots, g2) -> None:
         for k, gamma in enumerate(self.gammas):

@@ -2,10 +2,11 @@
 fused CUDA kernels (``lab/gpu/kernels/rbm.cu``, ``logz.cu``) around cuBLAS products.
 
 :class:`PersistentUpdateGPU`
-    one PCD or FPCD update (3.2.4, steps 2-7) as 4 matrix products and 3 fused kernels:
-    biases ride inside the products (augmented parameter matrices), sigmoid + sampling
-    are one kernel per layer, and every weight, fast-overlay and bias update is one
-    kernel. Random numbers come from Philox inside the kernels, keyed by a step counter
+    one PCD or FPCD update (3.2.4, steps 2-7) as 3 (PCD) or 4 (FPCD) matrix products and
+    3 fused kernels: biases ride inside the products (augmented parameter matrices),
+    sigmoid + sampling are one kernel per layer, and every weight, fast-overlay and bias
+    update is one kernel. Products that do not depend on each other run side by side on
+    two streams (they are too small to fill the GPU alone). Random numbers come from Philox inside the kernels, keyed by a step counter
     in device memory that the update itself advances, so :meth:`~PersistentUpdateGPU.capture`
     can record the whole update as a CUDA graph that draws fresh numbers on each replay.
 :func:`reference_update`
@@ -20,7 +21,8 @@ fused CUDA kernels (``lab/gpu/kernels/rbm.cu``, ``logz.cu``) around cuBLAS produ
 
 Only binary visible layers (no softmax label group) and no momentum. Importing this
 module does not import CuPy; every function needs CuPy arrays (or converts to them).
-Unverified on a device until ``benchmarks/gpu_check.py`` has run on one.
+Checked against the CPU path and timed beside PyTorch on an H100 by
+``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_h100.json``).
 
 Wiring into ``BinaryRBM`` (see the GPU notes in the README): when the backend is the
 GPU, the algorithm is ``pcd``/``fpcd``, ``momentum == 0`` and ``n_softmax == 0``,
@@ -50,11 +52,32 @@ def _blocks(total: int, threads: int = _THREADS, cap: int = 4096) -> int:
     return max(1, min(cap, (int(total) + threads - 1) // threads))
 
 
-def _gemm(transa, transb, a, b, out):
-    """``out = op(a) @ op(b)`` by cuBLAS into a preallocated array (graph-capturable)."""
-    from cupy import cublas  # noqa: PLC0415
-    cublas.gemm(transa, transb, a, b, out=out)
-    return out
+def _gemm(transa, transb, a, b, out, slot: int = 0):
+    """``out = op(a) @ op(b)`` by cuBLAS into a preallocated array (graph-capturable:
+    ``lab.gpu.cublas``, since CuPy's own wrappers refuse to run during capture)."""
+    from lab.gpu.cublas import gemm  # noqa: PLC0415
+    return gemm(transa, transb, a, b, out, slot=slot)
+
+
+class _Branch:
+    """A second stream for products that do not depend on each other: ``fork()`` lets
+    it start after the work queued so far on the current stream, ``join()`` makes the
+    current stream wait for it. Inside a capture this records two parallel branches."""
+
+    def __init__(self):
+        cp = _cupy()
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self._forked = cp.cuda.Event(block=False, disable_timing=True)
+        self._done = cp.cuda.Event(block=False, disable_timing=True)
+
+    def fork(self):
+        self._forked.record(_cupy().cuda.get_current_stream())
+        self.stream.wait_event(self._forked)
+        return self.stream
+
+    def join(self):
+        self._done.record(self.stream)
+        _cupy().cuda.get_current_stream().wait_event(self._done)
 
 
 def _sigmoid(x, xp):
@@ -143,6 +166,7 @@ class PersistentUpdateGPU:
         self._hyper_host = None
         self.set_rates(0.0, 0.0, fast_decay, weight_decay)
         self.graph = None
+        self.branch = _Branch()
 
     @classmethod
     def from_rbm(cls, rbm, batch_size: int, seed: int | None = None) -> "PersistentUpdateGPU":
@@ -207,8 +231,34 @@ class PersistentUpdateGPU:
                old[2] if fast_decay is None else float(fast_decay),
                old[3] if weight_decay is None else float(weight_decay))
         if new != self._hyper_host:
-            self.hyper.set(np.asarray(new, np.float32))
+            self._copy_hyper(new)
             self._hyper_host = new
+
+    _RING = 32
+
+    def _copy_hyper(self, values) -> None:
+        """Queue the copy of ``values`` into :attr:`hyper` without waiting for the GPU.
+
+        The learning rate decays at every update, and a copy from ordinary (pageable)
+        host memory first waits for the stream to drain, which would serialise the
+        host's work with the GPU's. So the values go through a ring of pinned rows,
+        each reused only after its previous copy has run (an event per row)."""
+        cp = _cupy()
+        if getattr(self, "_pinned", None) is None:
+            import cupyx  # noqa: PLC0415
+            self._pinned = cupyx.empty_pinned((self._RING, 4), np.float32)
+            self._pinned_events = [cp.cuda.Event(block=False, disable_timing=True) for _ in range(self._RING)]
+            self._pinned_used = [False] * self._RING
+            self._ring_pos = 0
+        k = self._ring_pos
+        self._ring_pos = (k + 1) % self._RING
+        if self._pinned_used[k]:
+            self._pinned_events[k].synchronize()
+        self._pinned[k] = values
+        stream = cp.cuda.get_current_stream()
+        self.hyper.set(self._pinned[k], stream=stream)
+        self._pinned_events[k].record(stream)
+        self._pinned_used[k] = True
 
     def load_batch(self, v) -> None:
         nh, nv, n, m = self.shape
@@ -220,14 +270,21 @@ class PersistentUpdateGPU:
     def _launch(self, u_h=None, u_v=None) -> None:
         nh, nv, n, m = self.shape
         P, Pn, V = self.P, self.Pn, self.V
-        _gemm("N", "T", V[:n], P[:nh], self.H[:n])                 # steps 2-3: [v, 1] P^T
-        _gemm("N", "T", V[n:], Pn[:nh], self.H[n:])
+        if Pn is P:                                                # PCD: one product
+            _gemm("N", "T", V, P[:nh], self.H)                     # steps 2-3: [v, 1] P^T
+        else:                                                      # FPCD: two, side by side
+            with self.branch.fork():
+                _gemm("N", "T", V[n:], Pn[:nh], self.H[n:], slot=1)
+            _gemm("N", "T", V[:n], P[:nh], self.H[:n])
+            self.branch.join()
         kernel("rbm.cu", "rbm_hidden_f32")(
             (_blocks((n + m) * (nh + 1)),), (_THREADS,),
             (self.H, self.Hcat, self.Hs, np.int32(n), np.int32(m), np.int32(nh),
              np.uint64(self.seed), self.step_counter, _NULL if u_h is None else u_h))
+        with self.branch.fork():                                   # side by side:
+            _gemm("T", "N", self.Hcat, V, self.G, slot=1)          # step 5, before V changes
         _gemm("N", "N", self.Hs, Pn, self.Vpre)                    # step 4: [h, 1] Pn
-        _gemm("T", "N", self.Hcat, V, self.G)                      # step 5, before V changes
+        self.branch.join()
         kernel("rbm.cu", "rbm_visible_f32")(
             (_blocks(m * (nv + 1)),), (_THREADS,),
             (self.Vpre, V[n:], np.int32(m), np.int32(nv), np.uint64(self.seed),
@@ -249,10 +306,11 @@ class PersistentUpdateGPU:
         if self.graph is not None and u_h is None and u_v is None:
             self.graph.launch(stream=_cupy().cuda.get_current_stream())
         else:
+            cp = _cupy()
             if u_h is not None:
-                u_h = _cupy().ascontiguousarray(u_h, dtype=np.float32)
+                u_h = cp.ascontiguousarray(cp.asarray(u_h, dtype=np.float32))
             if u_v is not None:
-                u_v = _cupy().ascontiguousarray(u_v, dtype=np.float32)
+                u_v = cp.ascontiguousarray(cp.asarray(u_v, dtype=np.float32))
             self._launch(u_h, u_v)
 
     def uniforms(self, step: int | None = None):
@@ -270,8 +328,8 @@ class PersistentUpdateGPU:
         nh, nv, n, m = self.shape
         for name in ("rbm_hidden_f32", "rbm_visible_f32", "rbm_update_f32"):
             kernel("rbm.cu", name)                                 # compile outside the capture
-        scratch = cp.zeros((2, 2), np.float32)
-        _gemm("N", "T", scratch, scratch, cp.empty((2, 2), np.float32))   # cuBLAS handle
+        from lab.gpu.cublas import prepare  # noqa: PLC0415
+        prepare((0, 1))                                            # handles, workspaces
         stream = cp.cuda.Stream(non_blocking=True)
         cp.cuda.get_current_stream().synchronize()
         with stream:

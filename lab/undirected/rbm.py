@@ -223,7 +223,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
         kernels, in-kernel Philox), then the same bookkeeping as the generic update. The
         estimator's arrays are views of its buffers (``bind``); it is rebuilt when the
         batch size, the algorithm or ``n_fantasy`` change, or when any of those arrays was
-        replaced from outside. Unverified on a device until benchmarks/gpu_check.py ran."""
+        replaced from outside (checked on an H100 by benchmarks/gpu_check.py)."""
         from lab.undirected.gpu_update import PersistentUpdateGPU  # noqa: PLC0415
         self._ensure_state()
         lr = self.schedule_.rate(self.n_updates_, self.train_seconds_)
@@ -425,9 +425,10 @@ class _RBMBase(ScheduledTrainer, Estimator):
         xp = self._xp
         while True:
             order = self.random_stream_.permutation(n)
+            if xp is not np:     # one upload per epoch; a batch is a slice on the device
+                order = xp.asarray(order)
             for k in range(n_batches):
-                idx = order[k * bs:(k + 1) * bs]
-                yield idx if xp is np else xp.asarray(idx)
+                yield order[k * bs:(k + 1) * bs]
 
     def _with_labels(self, v, labels, idx):
         return v

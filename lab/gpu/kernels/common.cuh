@@ -25,6 +25,20 @@ __host__ __device__ __forceinline__ double sub_rn(double a, double b) { return a
 __host__ __device__ __forceinline__ float div_rn(float a, float b) { return a / b; }
 __host__ __device__ __forceinline__ double div_rn(double a, double b) { return a / b; }
 #endif
+#ifdef __CUDA_ARCH__
+__host__ __device__ __forceinline__ float sqrt_rn(float a) { return __fsqrt_rn(a); }
+__host__ __device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
+#else
+__host__ __device__ __forceinline__ float sqrt_rn(float a) { return sqrtf(a); }
+__host__ __device__ __forceinline__ double sqrt_rn(double a) { return ::sqrt(a); }
+#endif
+// numpy's maximum / minimum: a NaN on either side wins
+template <typename T> __host__ __device__ __forceinline__ T max_nan(T a, T b) {
+    return a != a ? a : (b != b ? b : (a > b ? a : b));
+}
+template <typename T> __host__ __device__ __forceinline__ T min_nan(T a, T b) {
+    return a != a ? a : (b != b ? b : (a < b ? a : b));
+}
 __host__ __device__ __forceinline__ float floor_(float x) { return floorf(x); }
 __host__ __device__ __forceinline__ double floor_(double x) { return ::floor(x); }
 __host__ __device__ __forceinline__ float exp_(float x) { return expf(x); }
