@@ -23,6 +23,9 @@ train     the capsule training step: mnist-thesis (MNIST from a local copy, else
           included)
 rbm_estimator  BinaryRBM(500, fpcd, device="gpu") with the fused update: graph replay vs
           eager launches, finite parameters, updates/s beside the CPU estimator (~10 s)
+train_follow   20 mnist-thesis training steps on the GPU and on the CPU with the same
+          random numbers (lab.backend.HostRandomStream): parameter changes and losses
+          agree to float rounding (~10 s)
 
 The run stops starting sections after ``--max-seconds`` (default 270) and rewrites the
 JSON after every section (also into ``$OUT`` when that folder exists, as on the device
@@ -135,6 +138,7 @@ class Ctx:
         self.train_seconds = 15.0 if not dry else 0.0
         self.train_images = 2000 if not dry else 32
         self.cpu_train_steps = 2 if not dry else 1
+        self.follow_steps = 20 if not dry else 2
         self.rbm_estimator = (dict(nh=500, n=5000, cpu_updates=50, gpu_updates=400) if not dry
                               else dict(nh=10, n=300, cpu_updates=3, gpu_updates=3))
 
@@ -565,6 +569,36 @@ def section_train(ctx, res):
              images_per_s=ctx.cpu_train_steps * B / dt, steps=ctx.cpu_train_steps)
 
 
+def section_train_follow(ctx, res):
+    """The GPU trainer against the CPU trainer, step for step: both draw the CPU's random
+    numbers (``lab.backend.HostRandomStream``: same dropout masks, manager noise and
+    minibatch order), so after ``ctx.follow_steps`` steps their parameter changes differ
+    only by float rounding; an arithmetic bug of the GPU's training mode would show as a
+    difference of order 1. The loss of every step is kept in the JSON."""
+    from lab.backend import Backend, HostRandomStream, get_backend, to_numpy  # noqa: PLC0415
+    from lab.capsules import get_config  # noqa: PLC0415
+    from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
+    name, overrides = ctx.train_config
+    cfg = get_config(name, **overrides)
+    images, source = mnist_or_stand_in(max(4 * cfg.batch_size, ctx.train_images), seed=1)
+    backend = Backend("gpu", np) if ctx.dry else get_backend("gpu")
+    cpu = CapsuleTrainer(cfg, images, None, seed=0)
+    dev = CapsuleTrainer(cfg, images, None, seed=0, device=backend, sync_every=1)
+    dev.stream = HostRandomStream(cpu.seed + 1, backend)     # the CPU trainer's stream's seed
+    dev._order = dev.stream.permutation(len(images))
+    keys = sorted(cpu.model.params)
+    start = np.concatenate([cpu.model.params[k].data.ravel() for k in keys]).astype(np.float64)
+    losses = []
+    for _ in range(ctx.follow_steps):
+        losses.append((cpu.step()["loss"], dev.step()["loss"]))
+    a = np.concatenate([to_numpy(dev.model.params[k].data).ravel() for k in keys]) - start
+    b = np.concatenate([cpu.model.params[k].data.ravel() for k in keys]) - start
+    record(res, "train_follow", f"param_change_gpu_vs_cpu_{ctx.follow_steps}_steps", rel_err(a, b), 0.1)
+    record(res, "train_follow", "last_loss_gpu_vs_cpu", abs(losses[-1][1] - losses[-1][0]) / abs(losses[-1][0]), 1e-2)
+    res.setdefault("info", {})["train_follow"] = dict(config=name, data=source, steps=ctx.follow_steps,
+                                                      loss_cpu_gpu=[[float(x), float(y)] for x, y in losses])
+
+
 def section_rbm_estimator(ctx, res):
     """BinaryRBM(500, fpcd, device="gpu"): the fused update inside the estimator: finite
     parameters, graph replay equal to eager launches, updates/s (and the CPU's)."""
@@ -611,7 +645,7 @@ def section_rbm_estimator(ctx, res):
 
 SECTIONS = (("render", section_render), ("fused", section_fused), ("rbm", section_rbm),
             ("logz", section_logz), ("ais", section_ais), ("train", section_train),
-            ("rbm_estimator", section_rbm_estimator))
+            ("rbm_estimator", section_rbm_estimator), ("train_follow", section_train_follow))
 
 
 # -- report ------------------------------------------------------------------------------------

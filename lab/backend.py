@@ -227,6 +227,53 @@ class RandomStream:
                          f"{self.backend.name} backend exactly")
 
 
+class HostRandomStream(RandomStream):
+    """The CPU stream's draws, number for number, delivered on any backend.
+
+    Draws come from ``numpy.random.Generator(PCG64(seed))`` on the host, exactly as a
+    CPU ``RandomStream(seed)`` makes them, and are uploaded to ``backend``. A GPU run
+    given this stream sees the same dropout masks, manager noise and minibatch order as
+    the CPU run with the same seed, so the two can be compared step for step (what is
+    left is float rounding). Slower than the device generator: for checks, not for
+    training."""
+
+    def _make(self, key=None) -> None:
+        self._gen = np.random.Generator(np.random.PCG64(self.seed))
+
+    def _up(self, a):
+        return self.backend.asarray(a) if self.backend.name != "cpu" else a
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype=DEFAULT_FLOAT):
+        self._count(shape)
+        u = self._gen.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
+        if low != 0.0 or high != 1.0:
+            u = u * (high - low) + low
+        return self._up(u.astype(dtype, copy=False))
+
+    def normal(self, shape, scale=1.0, dtype=DEFAULT_FLOAT):
+        self._count(shape)
+        z = self._gen.standard_normal(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
+        return self._up((z * scale).astype(dtype, copy=False) if scale != 1.0 else z.astype(dtype, copy=False))
+
+    def integers(self, low, high=None, size=None):
+        self._count(size)
+        out = self._gen.integers(low, high, size=size)
+        return out if size is None else self._up(out)
+
+    def permutation(self, n: int):
+        self._count(n)
+        return self._gen.permutation(n)
+
+    def get_state(self) -> dict:
+        return {"kind": "host", "seed": self.seed, "draws": self._draws,
+                "pcg64": _jsonable(self._gen.bit_generator.state)}
+
+    def set_state(self, state: dict) -> None:
+        self.seed, self._draws = int(state["seed"]), int(state["draws"])
+        self._gen = np.random.Generator(np.random.PCG64())
+        self._gen.bit_generator.state = _from_jsonable(state["pcg64"])
+
+
 def _jsonable(state: dict) -> dict:
     out = {}
     for k, v in state.items():

@@ -143,3 +143,32 @@ def test_trainer_state_from_the_gpu_branch_resumes(tmp_path):
         for k, p in tr.model.params.items():
             np.testing.assert_array_equal(back.model.params[k].data, p.data)
         back.step()
+
+
+def _host_stream_trainers(cfg, x, seed, device, sync_every):
+    """A CPU trainer and a ``device`` trainer that draw the same random numbers."""
+    from lab.backend import HostRandomStream
+    from lab.capsules.trainer import CapsuleTrainer
+    cpu = CapsuleTrainer(cfg, x, None, seed=seed)
+    dev = CapsuleTrainer(cfg, x, None, seed=seed, device=device, sync_every=sync_every)
+    dev.stream = HostRandomStream(seed + 1, dev.backend)
+    dev._order = dev.stream.permutation(len(x))
+    return cpu, dev
+
+
+def test_host_random_stream_makes_the_gpu_branch_follow_the_cpu_run():
+    """With the CPU's draws, the trainer's GPU branch (deferred checks, device gather,
+    optimizer counting every sync_every steps) takes exactly the CPU run's steps."""
+    from lab.backend import HostRandomStream, to_numpy
+    a, b = HostRandomStream(5, FAKE_GPU), RandomStream(5)
+    np.testing.assert_array_equal(a.uniform((3, 4), 0.0, 10.0), b.uniform((3, 4), 0.0, 10.0))
+    np.testing.assert_array_equal(a.permutation(9), b.permutation(9))
+    state, again = a.get_state(), HostRandomStream(0, FAKE_GPU)
+    again.set_state(state)
+    np.testing.assert_array_equal(again.normal((5,)), a.normal((5,)))
+    cpu, dev = _host_stream_trainers(_tiny(), _images()[:48], 3, FAKE_GPU, 4)
+    for _ in range(12):
+        cpu.step()
+        dev.step()
+    for k, p in cpu.model.params.items():
+        np.testing.assert_array_equal(to_numpy(dev.model.params[k].data), p.data, err_msg=k)

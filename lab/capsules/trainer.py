@@ -24,7 +24,8 @@ returns the full metrics; the steps between return only counters and timing (and
 added to ``history``). A non-finite loss or parameter found at a check rolls back to the
 last good state, which is only taken at a check that found everything finite (so it is at
 most ``sync_every - 1`` updates older than on the CPU). On the CPU ``sync_every`` is 1 and
-the step is exactly the CPU step it always was. The GPU path was checked on an H100 by ``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_h100.json``).
+the step is exactly the CPU step it always was. The GPU path was checked on an H100 by
+``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_h100.json``).
 """
 from __future__ import annotations
 
