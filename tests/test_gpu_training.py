@@ -118,3 +118,17 @@ def test_capsule_trainer_on_the_gpu_trains_and_checkpoints(tmp_path):
     np.testing.assert_array_equal(back.model.params["encoder.W1"].data,
                                   to_numpy(tr.model.params["encoder.W1"].data))
     assert np.isfinite(back.step()["loss"])
+
+
+def test_rbm_ais_on_the_gpu_brackets_exact_log_z():
+    """BinaryRBM(device="gpu").log_partition("ais") takes the batched, graph-replayed AIS
+    (lab.undirected.gpu_update) and its interval holds the exact value."""
+    from lab.undirected import BinaryRBM
+    from lab.undirected.ais import quick_betas
+    X = _binary_data(400)
+    rbm = BinaryRBM(16, algorithm="pcd", learning_rate=0.05, batch_size=20, n_fantasy=20, n_updates=300,
+                    random_state=2, device="gpu").fit(X)
+    exact = rbm.log_partition("exact").value
+    est = rbm.log_partition("ais", n_runs=500, betas=quick_betas(3000), random_state=4)
+    assert est.lower <= exact <= est.upper, (est, exact)
+    assert abs(est.value - exact) < 0.5
