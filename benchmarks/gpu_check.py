@@ -575,7 +575,7 @@ def section_train_follow(ctx, res):
     minibatch order), so after ``ctx.follow_steps`` steps their parameter changes differ
     only by float rounding; an arithmetic bug of the GPU's training mode would show as a
     difference of order 1. The loss of every step is kept in the JSON."""
-    from lab.backend import Backend, HostRandomStream, get_backend, to_numpy  # noqa: PLC0415
+    from lab.backend import Backend, get_backend, to_numpy  # noqa: PLC0415
     from lab.capsules import get_config  # noqa: PLC0415
     from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
     name, overrides = ctx.train_config
@@ -584,8 +584,7 @@ def section_train_follow(ctx, res):
     backend = Backend("gpu", np) if ctx.dry else get_backend("gpu")
     cpu = CapsuleTrainer(cfg, images, None, seed=0)
     dev = CapsuleTrainer(cfg, images, None, seed=0, device=backend, sync_every=1)
-    dev.stream = HostRandomStream(cpu.seed + 1, backend)     # the CPU trainer's stream's seed
-    dev._order = dev.stream.permutation(len(images))
+    dev.use_host_random()
     keys = sorted(cpu.model.params)
     start = np.concatenate([cpu.model.params[k].data.ravel() for k in keys]).astype(np.float64)
     losses = []

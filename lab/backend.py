@@ -265,7 +265,8 @@ class HostRandomStream(RandomStream):
         return self._gen.permutation(n)
 
     def get_state(self) -> dict:
-        return {"kind": "host", "seed": self.seed, "draws": self._draws,
+        """The CPU stream's state (a CPU run resumed from it continues exactly)."""
+        return {"kind": "cpu", "seed": self.seed, "draws": self._draws,
                 "pcg64": _jsonable(self._gen.bit_generator.state)}
 
     def set_state(self, state: dict) -> None:

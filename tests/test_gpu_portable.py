@@ -147,12 +147,10 @@ def test_trainer_state_from_the_gpu_branch_resumes(tmp_path):
 
 def _host_stream_trainers(cfg, x, seed, device, sync_every):
     """A CPU trainer and a ``device`` trainer that draw the same random numbers."""
-    from lab.backend import HostRandomStream
     from lab.capsules.trainer import CapsuleTrainer
     cpu = CapsuleTrainer(cfg, x, None, seed=seed)
     dev = CapsuleTrainer(cfg, x, None, seed=seed, device=device, sync_every=sync_every)
-    dev.stream = HostRandomStream(seed + 1, dev.backend)
-    dev._order = dev.stream.permutation(len(x))
+    dev.use_host_random()
     return cpu, dev
 
 
@@ -172,3 +170,7 @@ def test_host_random_stream_makes_the_gpu_branch_follow_the_cpu_run():
         dev.step()
     for k, p in cpu.model.params.items():
         np.testing.assert_array_equal(to_numpy(dev.model.params[k].data), p.data, err_msg=k)
+    with pytest.raises(RuntimeError, match="before the first step"):
+        dev.use_host_random()
+    # its checkpoint holds the CPU stream's state: a CPU resume continues it exactly
+    assert dev.stream.get_state()["pcg64"] == cpu.stream.get_state()["pcg64"]

@@ -40,10 +40,12 @@ def limit_blas_threads(n: int | None):
 def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | None = None,
               steps: int | None = None, optimizer: str | None = None, resume: bool = False,
               checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
-              log_every: int = 1, device="cpu") -> dict:
+              log_every: int = 1, device="cpu", host_random: bool = False) -> dict:
     """Train until ``minutes`` of wall time or ``steps`` updates (whichever first); returns a
     summary dict (also written to ``DIR/summary.json``). ``device``: cpu, gpu or auto
-    (on the GPU only the trainer's check steps carry the loss; see ``CapsuleTrainer``)."""
+    (on the GPU only the trainer's check steps carry the loss; see ``CapsuleTrainer``).
+    ``host_random``: a fresh run draws the CPU's random numbers on any device
+    (``CapsuleTrainer.use_host_random``), to compare a GPU run with the CPU run."""
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.checkpoint import latest_checkpoint, save_step_checkpoint  # noqa: PLC0415
     from lab.progress import Progress  # noqa: PLC0415
@@ -55,10 +57,14 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     train, valid = data["train"][0], data["valid"][0]
     backend = device if isinstance(device, Backend) else get_backend(device)
     ckpt = latest_checkpoint(out, verify=True) if resume else None
+    if ckpt is not None and host_random:
+        raise ValueError("host_random (--host-random) is for fresh runs, not for --resume")
     if ckpt is not None:
         trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend)
     else:
         trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer, device=backend)
+        if host_random:
+            trainer.use_host_random()
     metrics_path = out / "metrics.jsonl"
     start_step = trainer.step_count
     t_start = time.monotonic()

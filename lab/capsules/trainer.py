@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lab.autodiff import no_grad
-from lab.backend import Backend, RandomStream, get_backend, to_numpy
+from lab.backend import Backend, HostRandomStream, RandomStream, get_backend, to_numpy
 from lab.capsules.autoencoders import CapsuleAutoencoder, build_model
 from lab.capsules.configs import CapsuleConfig
 from lab.checkpoint import load_checkpoint, save_checkpoint, split_arrays
@@ -95,6 +95,19 @@ class CapsuleTrainer:
         self.history: list[dict] = []
         self.last_metrics: dict = {}
         self.lock = threading.RLock()
+        self._good = self._capture()
+
+    def use_host_random(self) -> None:
+        """Draw the CPU's random numbers on this trainer's device
+        (``lab.backend.HostRandomStream``): a GPU run then gets the dropout masks, manager
+        noise and minibatch order of the CPU run with the same seed, so the two can be
+        compared step for step. Slower; only before the first step."""
+        if self.step_count:
+            raise RuntimeError("use_host_random() must be called before the first step")
+        self.stream = HostRandomStream(self.seed + 1, self.backend)
+        self._order = self.stream.permutation(len(self.train_images))
+        self._pos = 0
+        self._order_dev = None
         self._good = self._capture()
 
     # -- one update ---------------------------------------------------------------------

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"),
                    help="cpu (default), gpu (CuPy; fails if no GPU can run) or auto "
                         "(the GPU when usable)")
+    p.add_argument("--host-random", action="store_true",
+                   help="draw the CPU run's random numbers on the GPU too (same seed: same dropout, "
+                        "manager noise and minibatch order as --device cpu; slower; fresh runs only)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1,
@@ -57,10 +60,13 @@ def run(args) -> int:
     except GPUUnavailableError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
+    if args.host_random and args.resume:
+        print("lab train capsules: --host-random is for fresh runs, not with --resume", file=sys.stderr)
+        return 2
     with limit_blas_threads(args.threads):
         summary = train_run(config, out, seed=args.seed, minutes=args.minutes, steps=args.steps,
                             optimizer=args.optimizer, resume=args.resume,
                             checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir,
-                            device=backend)
+                            device=backend, host_random=args.host_random)
     print(json.dumps(summary, indent=2))
     return 0
