@@ -86,7 +86,8 @@ class NiceToMatrix(Function):
         self.nice = xp.ascontiguousarray(nice)
         n = self.nice.size // 6
         m = xp.empty(nice.shape[:-1] + (3, 3), dtype=nice.dtype)
-        kernel("ntm.cu", f"ntm_forward_{suffix(nice.dtype)}")((_blocks(n),), (_THREADS,), (self.nice, m, np.int64(n)))
+        kernel("ntm.cu", f"ntm_forward_{suffix(nice.dtype)}")(
+            (_blocks(n),), (_THREADS,), (self.nice, m, np.int64(n)))
         return m
 
     def backward_gpu(self, xp, gy):
@@ -94,7 +95,8 @@ class NiceToMatrix(Function):
         gy = xp.ascontiguousarray(gy, dtype=self.nice.dtype)
         n = self.nice.size // 6
         g = xp.empty(self.nice.shape, dtype=self.nice.dtype)
-        kernel("ntm.cu", f"ntm_backward_{suffix(g.dtype)}")((_blocks(n),), (_THREADS,), (self.nice, gy, g, np.int64(n)))
+        kernel("ntm.cu", f"ntm_backward_{suffix(g.dtype)}")(
+            (_blocks(n),), (_THREADS,), (self.nice, gy, g, np.int64(n)))
         return (g,)
 
     def backward(self, xp, gy):

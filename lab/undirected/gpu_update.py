@@ -6,9 +6,10 @@ fused CUDA kernels (``lab/gpu/kernels/rbm.cu``, ``logz.cu``) around cuBLAS produ
     3 fused kernels: biases ride inside the products (augmented parameter matrices),
     sigmoid + sampling are one kernel per layer, and every weight, fast-overlay and bias
     update is one kernel. Products that do not depend on each other run side by side on
-    two streams (they are too small to fill the GPU alone). Random numbers come from Philox inside the kernels, keyed by a step counter
-    in device memory that the update itself advances, so :meth:`~PersistentUpdateGPU.capture`
-    can record the whole update as a CUDA graph that draws fresh numbers on each replay.
+    two streams (they are too small to fill the GPU alone). Random numbers come from
+    Philox inside the kernels, keyed by a step counter in device memory that the update
+    itself advances, so :meth:`~PersistentUpdateGPU.capture` can record the whole update
+    as a CUDA graph that draws fresh numbers on each replay.
 :func:`reference_update`
     the same update in plain array code (numpy or CuPy) from given uniforms: the CPU
     reference the GPU is checked against (and itself checked against ``BinaryRBM``).
