@@ -288,6 +288,22 @@ def test_cublas_arguments_refuse_mismatches():
         gemm_arguments("C", "N", (2, 3), 3, (3, 2), 2, (2, 2), 2)
 
 
+def _harness_main(n_header: int, args: str) -> str:
+    """A host harness's main(): reads ``n_header`` int64s (the last one the item size, 4 or
+    8), then calls ``run<float>`` or ``run<double>(f, o, args)`` with the input and output
+    files; the harness defines ``run``."""
+    return f"""int main(int argc, char** argv) {{
+    FILE* f = fopen(argv[1], "rb");
+    long long d[{n_header}];
+    if (fread(d, 8, {n_header}, f) != {n_header}) return 1;
+    FILE* o = fopen(argv[2], "wb");
+    const int rc = d[{n_header - 1}] == 4 ? run<float>(f, o, {args}) : run<double>(f, o, {args});
+    fclose(f); fclose(o);
+    return rc;
+}}
+"""
+
+
 _OPTIM_HARNESS = r"""
 #include <cstdio>
 #include <vector>
@@ -310,17 +326,7 @@ template <typename T> int run(FILE* f, FILE* o, long long n, int n_avg, int mask
     fwrite(data.data(), sizeof(T), n, o); fwrite(avg.data(), sizeof(T), n * n_avg, o);
     return 0;
 }
-int main(int argc, char** argv) {
-    FILE* f = fopen(argv[1], "rb");
-    long long d[5];
-    if (fread(d, 8, 5, f) != 5) return 1;
-    FILE* o = fopen(argv[2], "wb");
-    const int rc = d[4] == 4 ? run<float>(f, o, d[0], (int)d[1], (int)d[2], (int)d[3])
-                             : run<double>(f, o, d[0], (int)d[1], (int)d[2], (int)d[3]);
-    fclose(f); fclose(o);
-    return rc;
-}
-"""
+""" + _harness_main(5, "d[0], (int)d[1], (int)d[2], (int)d[3]")
 
 
 def _build(tmp_path, text, name):
@@ -389,16 +395,7 @@ template <typename T> int run(FILE* f, FILE* o, long long n) {
     fwrite(m.data(), sizeof(T), 9 * n, o); fwrite(g.data(), sizeof(T), 6 * n, o);
     return 0;
 }
-int main(int argc, char** argv) {
-    FILE* f = fopen(argv[1], "rb");
-    long long d[2];
-    if (fread(d, 8, 2, f) != 2) return 1;
-    FILE* o = fopen(argv[2], "wb");
-    const int rc = d[1] == 4 ? run<float>(f, o, d[0]) : run<double>(f, o, d[0]);
-    fclose(f); fclose(o);
-    return rc;
-}
-"""
+""" + _harness_main(2, "d[0]")
 
 
 @needs_nvcc
