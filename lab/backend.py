@@ -152,15 +152,26 @@ class RandomStream:
         self._draws = 0
         self._make()
 
+    #: Draw with numpy on the host (and upload) even on the GPU: ``HostRandomStream``.
+    _numpy_draws = False
+
+    @property
+    def _device_draws(self) -> bool:
+        return self.backend.name == "gpu" and not self._numpy_draws
+
+    def _deliver(self, a):
+        """A host draw on this stream's device (numpy draws only travel on the GPU)."""
+        return self.backend.asarray(a) if self._numpy_draws and self.backend.name == "gpu" else a
+
     def _make(self, key=None) -> None:
-        if self.backend.name == "gpu":
+        if self._device_draws:
             # cupy's default_rng takes an int seed; (seed, draws) keys a restored stream
             dev_seed = self.seed if key is None else int(np.random.SeedSequence(key).generate_state(1)[0])
             self._gen = self.backend.xp.random.default_rng(dev_seed)
             host_key = [self.seed, 1] if key is None else list(key) + [1]
             self._host = np.random.Generator(np.random.PCG64(np.random.SeedSequence(host_key)))
         else:
-            self._gen = np.random.Generator(np.random.PCG64(self.seed))
+            self._gen = self._host = np.random.Generator(np.random.PCG64(self.seed))
 
     @property
     def xp(self):
@@ -175,12 +186,13 @@ class RandomStream:
         u = self._gen.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
         if low != 0.0 or high != 1.0:
             u = u * (high - low) + low
-        return u.astype(dtype, copy=False)
+        return self._deliver(u.astype(dtype, copy=False))
 
     def normal(self, shape, scale=1.0, dtype=DEFAULT_FLOAT):
         self._count(shape)
         z = self._gen.standard_normal(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
-        return (z * scale).astype(dtype, copy=False) if scale != 1.0 else z.astype(dtype, copy=False)
+        return self._deliver((z * scale).astype(dtype, copy=False) if scale != 1.0
+                             else z.astype(dtype, copy=False))
 
     def bernoulli(self, p, dtype=DEFAULT_FLOAT):
         """A 0/1 sample with probabilities ``p`` (any shape), as ``dtype``."""
@@ -193,7 +205,7 @@ class RandomStream:
         self._count(size)
         if self.backend.name == "gpu" and size is None:
             return self._host.integers(low, high)
-        return self._gen.integers(low, high, size=size)
+        return self._deliver(self._gen.integers(low, high, size=size))
 
     def permutation(self, n: int):
         """A random permutation of ``range(n)`` on the CPU (used for minibatch order)."""
@@ -204,7 +216,7 @@ class RandomStream:
 
     def get_state(self) -> dict:
         """A JSON-able description of the state."""
-        if self.backend.name == "gpu":
+        if self._device_draws:
             return {"kind": "gpu", "seed": self.seed, "draws": self._draws}
         return {"kind": "cpu", "seed": self.seed, "draws": self._draws,
                 "pcg64": _jsonable(self._gen.bit_generator.state)}
@@ -212,15 +224,15 @@ class RandomStream:
     def set_state(self, state: dict) -> None:
         """Restore ``get_state()`` output: exactly on the CPU; on the GPU by re-keying the
         generators from the state's ``(seed, draws)`` (deterministic, not a continuation)."""
-        if self.backend.name == "gpu":
+        if self._device_draws:
             self.seed = int(state["seed"])
             self._draws = int(state.get("draws", 0))
             self._make(key=[self.seed, self._draws])
             return
-        if state.get("kind") == "cpu" and self.backend.name == "cpu":
+        if state.get("kind") == "cpu" and (self.backend.name == "cpu" or self._numpy_draws):
             self.seed = int(state["seed"])
             self._draws = int(state["draws"])
-            self._gen = np.random.Generator(np.random.PCG64())
+            self._gen = self._host = np.random.Generator(np.random.PCG64())
             self._gen.bit_generator.state = _from_jsonable(state["pcg64"])
             return
         raise ValueError(f"cannot restore a {state.get('kind')!r} random state on the "
@@ -231,48 +243,13 @@ class HostRandomStream(RandomStream):
     """The CPU stream's draws, number for number, delivered on any backend.
 
     Draws come from ``numpy.random.Generator(PCG64(seed))`` on the host, exactly as a
-    CPU ``RandomStream(seed)`` makes them, and are uploaded to ``backend``. A GPU run
-    given this stream sees the same dropout masks, manager noise and minibatch order as
-    the CPU run with the same seed, so the two can be compared step for step (what is
-    left is float rounding). Slower than the device generator: for checks, not for
-    training."""
+    CPU ``RandomStream(seed)`` makes them, and are uploaded to ``backend``; its state is
+    the CPU stream's (a CPU run resumed from it continues exactly). A GPU run given this
+    stream sees the same dropout masks, manager noise and minibatch order as the CPU run
+    with the same seed, so the two can be compared step for step (what is left is float
+    rounding). Slower than the device generator: for checks, not for training."""
 
-    def _make(self, key=None) -> None:
-        self._gen = np.random.Generator(np.random.PCG64(self.seed))
-
-    def _up(self, a):
-        return self.backend.asarray(a) if self.backend.name != "cpu" else a
-
-    def uniform(self, shape, low=0.0, high=1.0, dtype=DEFAULT_FLOAT):
-        self._count(shape)
-        u = self._gen.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
-        if low != 0.0 or high != 1.0:
-            u = u * (high - low) + low
-        return self._up(u.astype(dtype, copy=False))
-
-    def normal(self, shape, scale=1.0, dtype=DEFAULT_FLOAT):
-        self._count(shape)
-        z = self._gen.standard_normal(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
-        return self._up((z * scale).astype(dtype, copy=False) if scale != 1.0 else z.astype(dtype, copy=False))
-
-    def integers(self, low, high=None, size=None):
-        self._count(size)
-        out = self._gen.integers(low, high, size=size)
-        return out if size is None else self._up(out)
-
-    def permutation(self, n: int):
-        self._count(n)
-        return self._gen.permutation(n)
-
-    def get_state(self) -> dict:
-        """The CPU stream's state (a CPU run resumed from it continues exactly)."""
-        return {"kind": "cpu", "seed": self.seed, "draws": self._draws,
-                "pcg64": _jsonable(self._gen.bit_generator.state)}
-
-    def set_state(self, state: dict) -> None:
-        self.seed, self._draws = int(state["seed"]), int(state["draws"])
-        self._gen = np.random.Generator(np.random.PCG64())
-        self._gen.bit_generator.state = _from_jsonable(state["pcg64"])
+    _numpy_draws = True
 
 
 def _jsonable(state: dict) -> dict:

@@ -22,9 +22,10 @@ _THREADS = 256
 _coefficients: dict = {}  # (device, alphas, gammas) -> device float64[16]
 
 
-def coefficients(alphas, gammas) -> np.ndarray:
-    """The kernel's 16 doubles: alpha1..4, then keep_k = 1 - 1/gamma_k and w_k = 1/gamma_k
-    for six averages (unused ones 0), plus the mask of averages with gamma = 1."""
+def coefficients(alphas, gammas) -> tuple[np.ndarray, int]:
+    """``(coef, mask)``: the kernel's 16 doubles (alpha1..4, then keep_k = 1 - 1/gamma_k
+    and w_k = 1/gamma_k for six averages, unused ones 0) and the bit mask of the
+    averages with gamma = 1."""
     if len(gammas) > MAX_AVERAGES:
         raise ValueError(f"at most {MAX_AVERAGES} averages, got {len(gammas)}")
     coef = np.zeros(16, np.float64)
