@@ -73,9 +73,10 @@ def single_threaded_blas_on_cpu(method):
 
 
 def pool(n: int) -> ThreadPoolExecutor:
+    """The shared workers for ``n`` jobs: ``n - 1`` threads, the caller being the n-th."""
     with _POOLS_LOCK:
         if n not in _POOLS:
-            _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="lab-rbm")
+            _POOLS[n] = ThreadPoolExecutor(max(1, n - 1), thread_name_prefix="lab-rbm")
         return _POOLS[n]
 
 
@@ -99,18 +100,22 @@ class Slices:
     def run(self, fn, slices, meanwhile=None) -> None:
         """``fn`` over every slice; ``meanwhile()`` (work that does not touch what ``fn``
         reads or writes, e.g. drawing the next step's random numbers) runs in the calling
-        thread while the workers compute, and before them when there are none, so the
-        calling thread's order of work is the same either way."""
+        thread while the workers compute, before it takes the last slice itself, so the
+        calling thread's order of work is the same with or without workers. The calling
+        thread is one of the ``n_jobs`` threads: n_jobs threads compete for n_jobs cores,
+        never n_jobs + 1 (on two cores: 6.4 instead of 5.5 ms per 784x500 PCD update)."""
+        slices = list(slices)
         if self._pool is None or len(slices) == 1:
             if meanwhile is not None:
                 meanwhile()
             for s in slices:
                 fn(s)
             return
-        futures = [self._pool.submit(fn, s) for s in slices]
+        futures = [self._pool.submit(fn, s) for s in slices[:-1]]
         try:
             if meanwhile is not None:
                 meanwhile()
+            fn(slices[-1])
         finally:
             for f in futures:
                 f.result()

@@ -581,7 +581,7 @@ class BinaryRBM(_RBMBase):
         """Train from scratch on ``X`` (n_samples, n_visible) until ``n_updates`` or
         ``max_seconds`` (10 epochs when neither is set). Returns self."""
         X = self._check_X(X, fitted=False)
-        self._initialize(X.shape[1], data_mean=X.mean(axis=0))
+        self._initialize(X.shape[1], data_mean=X.mean(axis=0) if self.visible_bias_init == "data" else None)
         self._fit_loop(X)
         return self
 
