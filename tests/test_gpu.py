@@ -28,6 +28,19 @@ def test_gpu_check_dry_run(tmp_path, capsys):
     assert "checks:" in printed
 
 
+def test_gpu_learning_gap_dry_run(tmp_path, capsys):
+    import gpu_learning_gap  # noqa: PLC0415
+    assert gpu_learning_gap.main(["--cpu-dry-run", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gpu_learning_gap_dry.json").read_text())
+    for mode in ("sync_every_1", "sync_every_10"):     # numpy stands in: identical to the CPU
+        checks = res["train_follow"][mode]["checks"]["train_follow"]
+        assert all(c["ok"] and c["rel_err"] == 0 for c in checks.values()), checks
+    for run in ("gpu_device_random", "gpu_host_random"):
+        assert sorted(res[run]["curve"]) == ["2", "4", "6"]
+    assert any(k.startswith("mnist-thesis") for k in res["cpu_curves"])
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("wrote ")
+
+
 def test_gpu_check_rejects_unknown_section():
     with pytest.raises(SystemExit):
         gpu_check.main(["--cpu-dry-run", "--sections", "nope"])

@@ -1,0 +1,139 @@
+"""Why did the one GPU ``mnist-thesis`` run learn more slowly per step than the CPU runs?
+
+Session 3's 3-minute H100 run was 0.0635 held-out error at step 1,400 where CPU seeds 0
+and 1 were at 0.0582 and 0.0581 (``benchmarks/results/capsules_runs_*.json``). This
+script answers it in one device call of about three minutes:
+
+1. ``train_follow`` (from ``gpu_check``): the GPU trainer against the CPU trainer for a
+   few steps with the CPU's random numbers, both with a host read every step and with
+   the GPU default of one every 10 steps. Parameter changes that differ by more than
+   float rounding mean an arithmetic bug in the GPU's training mode.
+2. Two GPU runs of ``--steps`` (default 1,400) from seed 0 with a held-out evaluation
+   every 200 steps: one with the device's random generator (as session 3's run), one with
+   the CPU run's random numbers (``--host-random``). Their curves are printed beside the
+   CPU curves of seeds 0 and 1.
+
+Reading it: host-random on the CPU curve and the device-RNG run off it means the device
+random numbers matter (a generator or a distribution bug); both off it means arithmetic;
+both on it means session 3's run was its code of the time, or chance.
+
+    python benchmarks/gpu_learning_gap.py [--steps 1400] [--out DIR]
+    python benchmarks/gpu_learning_gap.py --cpu-dry-run   # numpy standing in for CuPy
+
+Results go to ``DIR/gpu_learning_gap.json`` (``$OUT`` when set, else benchmarks/results).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+
+def cpu_curves() -> dict:
+    """The committed CPU held-out curves of ``mnist-thesis`` (seed 0 and seed 1)."""
+    runs = json.loads((HERE / "results" / "capsules_runs_cpu.json").read_text())
+    out = {}
+    for label, run in runs.items():
+        curve = run.get("held_out_curve_every_200_steps") if isinstance(run, dict) else None
+        if label.startswith("mnist-thesis") and curve:
+            out[label] = {int(p["step"]): p["valid_recon_nodropout"] for p in curve}
+    return out
+
+
+def follow(dry: bool, steps: int) -> dict:
+    """gpu_check's train_follow, with a host read every step and every 10 steps."""
+    import gpu_check  # noqa: PLC0415
+    out = {}
+    for sync_every in (1, 10):
+        ctx = gpu_check.Ctx(dry)
+        ctx.follow_steps, ctx.follow_sync_every = steps, sync_every
+        res = {"checks": {}, "timings": {}}
+        try:
+            gpu_check.section_train_follow(ctx, res)
+        except Exception as exc:  # noqa: BLE001 - report, then go on to the runs
+            res["error"] = f"{type(exc).__name__}: {exc}"
+        out[f"sync_every_{sync_every}"] = res
+        print(f"  train_follow, host read every {sync_every} step(s):",
+              json.dumps(res.get("checks", {}).get("train_follow", res.get("error"))), flush=True)
+    return out
+
+
+def run_curve(config, steps: int, host_random: bool, backend, data_dir) -> dict:
+    from lab.capsules.run import train_run  # noqa: PLC0415
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = train_run(config, tmp, seed=0, steps=steps, data_path=data_dir, progress=False,
+                            device=backend, host_random=host_random, checkpoint_seconds=1e9)
+        seconds = time.perf_counter() - t0
+        curve = {}
+        with open(Path(tmp) / "metrics.jsonl") as f:
+            for line in f:
+                m = json.loads(line)
+                if "valid_recon_nodropout" in m:
+                    curve[int(m["step"])] = m["valid_recon_nodropout"]
+    return {"host_random": host_random, "steps": steps, "seconds": round(seconds, 1),
+            "rollbacks": summary.get("rollbacks"), "curve": curve}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--follow-steps", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cpu-dry-run", action="store_true",
+                    help="numpy in place of CuPy, mnist-quick, a few steps: checks the script")
+    args = ap.parse_args(argv)
+    from lab.backend import Backend, get_backend  # noqa: PLC0415
+    from lab.capsules import get_config  # noqa: PLC0415
+    dry = args.cpu_dry_run
+    backend = Backend("gpu", np) if dry else get_backend("gpu")
+    config = get_config("mnist-quick", eval_every=2, n_valid=40) if dry else get_config("mnist-thesis")
+    steps = 6 if dry else args.steps
+    out_dir = args.out or Path(os.environ.get("OUT") or HERE / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ("gpu_learning_gap_dry.json" if dry else "gpu_learning_gap.json")
+    result = {"what": __doc__.split("\n\n")[0], "dry_run": dry, "config": config.name,
+              "cpu_curves": cpu_curves()}
+
+    def write():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
+
+    if not dry:
+        import cupy  # noqa: PLC0415
+        from gpu_check import Ctx, card_name  # noqa: PLC0415
+        result["machine"] = {"card": card_name(Ctx(False)), "cupy": cupy.__version__,
+                             "numpy": np.__version__}
+    print("1. step by step against the CPU", flush=True)
+    result["train_follow"] = follow(dry, 10 if dry else args.follow_steps)
+    write()
+    for host_random in (False, True):
+        name = "gpu_host_random" if host_random else "gpu_device_random"
+        print(f"2. {name}: {steps} steps", flush=True)
+        result[name] = run_curve(config, steps, host_random, backend, None)
+        write()
+    cpu = result["cpu_curves"]
+    rows = sorted(result["gpu_device_random"]["curve"])
+    labels = list(cpu)
+    print("\nstep  gpu(device rng)  gpu(host rng)  " + "  ".join(labels))
+    for s in rows:
+        vals = [result["gpu_device_random"]["curve"].get(s), result["gpu_host_random"]["curve"].get(s)]
+        vals += [cpu[k].get(s) for k in labels]
+        print(f"{s:5d}  " + "  ".join("   -   " if v is None else f"{v:.5f}" for v in vals))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
