@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("lab") is None:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 RUNS = REPO / "runs"
+RESULTS = REPO / "benchmarks" / "results"
 MODES = ("smoke", "default", "full")
 
 #: The chapter-2 model every chapter-2 notebook reads (thesis 2.6), per mode.
@@ -192,3 +193,10 @@ def _jsonable(o):
     if hasattr(o, "tolist"):      # numpy arrays and scalars
         return o.tolist()
     raise TypeError(f"not JSON-able: {type(o)}")
+
+
+def committed(name: str) -> dict | None:
+    """The committed result ``benchmarks/results/<name>.json`` (a run made outside the
+    notebooks, e.g. a medium-length experiment), or None when the file is not there."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
