@@ -595,7 +595,8 @@ def section_train_follow(ctx, res):
     a = np.concatenate([to_numpy(dev.model.params[k].data).ravel() for k in keys]) - start
     b = np.concatenate([cpu.model.params[k].data.ravel() for k in keys]) - start
     record(res, "train_follow", f"param_change_gpu_vs_cpu_{ctx.follow_steps}_steps", rel_err(a, b), 0.1)
-    record(res, "train_follow", "last_loss_gpu_vs_cpu", abs(losses[-1][1] - losses[-1][0]) / abs(losses[-1][0]), 1e-2)
+    if losses:
+        record(res, "train_follow", "last_loss_gpu_vs_cpu", abs(losses[-1][1] - losses[-1][0]) / abs(losses[-1][0]), 1e-2)
     res.setdefault("info", {})["train_follow"] = dict(config=name, data=source, steps=ctx.follow_steps,
                                                       loss_cpu_gpu=[[float(x), float(y)] for x, y in losses])
 

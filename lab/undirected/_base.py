@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from lab.backend import DEFAULT_FLOAT, RandomStream, get_backend, to_numpy
+from lab.backend import DEFAULT_FLOAT, RandomStream, get_array_module, get_backend, to_numpy
 
 
 class NotFittedError(RuntimeError):
@@ -114,7 +114,7 @@ def check_data(X, *, n_features: int | None = None, binary: bool = True, name: s
     NaN/inf, or (``binary``) values other than 0 and 1 -- or outside [0, 1] when
     ``allow_probabilities`` (pixel intensities read as probabilities, thesis 3.3.2).
     """
-    arr = X if type(X).__module__.startswith("cupy") else np.asarray(X)
+    arr = X if get_array_module(X) is not np else np.asarray(X)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -141,7 +141,7 @@ def check_data(X, *, n_features: int | None = None, binary: bool = True, name: s
 
 
 def _is_finite(a) -> bool:
-    return a.dtype.kind != "f" or bool(_xp_of(a).isfinite(a).all())
+    return a.dtype.kind != "f" or bool(get_array_module(a).isfinite(a).all())
 
 
 def _is_binary(a) -> bool:
@@ -150,10 +150,6 @@ def _is_binary(a) -> bool:
 
 def _in_unit_interval(a) -> bool:
     return bool(((a >= 0) & (a <= 1)).all())
-
-
-def _xp_of(a):
-    return np if isinstance(a, np.ndarray) else __import__("cupy")
 
 
 def _all_blocks(test, arr, block_elements: int = 1 << 18) -> bool:
