@@ -261,51 +261,63 @@ class _RBMBase(ScheduledTrainer, Estimator):
         and that slice's share of the visible pre-activation for the Gibbs update
         (step 4, taken before the weights move), then the gradient of its rows (one
         product ``[h_pos/n; -h_neg/m]^T [v_pos; particles]``) and their update (steps
-        5-7). The calling thread meanwhile draws the visible uniforms; it then finishes
-        step 4 (sum of the shares, sample) and updates the biases. One hand-off per
-        update: on a VM, waking a sleeping worker costs as much as a small product.
-        PCD and FPCD do the same arithmetic, so a zero fast learning rate gives PCD bit
-        for bit.
+        5-7). The calling thread meanwhile draws the uniforms (the hidden ones first: the
+        workers wait for them only after steps 2-3), then takes the last slice itself; it
+        then finishes step 4 (sum of the shares, sample) and updates the biases. One
+        hand-off per update: on a VM, waking a sleeping worker costs as much as a small
+        product. The draws come in the same order with or without workers. FPCD's
+        negative-phase weights are formed per slice, in the workers. PCD and FPCD do the
+        same arithmetic, so a zero fast learning rate gives PCD bit for bit.
         """
         xp = self._xp
         W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
-        if self.algorithm == "fpcd":
-            Wn, bn, cn = (W + self.fast_components_, b + self.fast_intercept_visible_,
-                          c + self.fast_intercept_hidden_)
-        else:
-            Wn, bn, cn = W, b, c
+        fpcd = self.algorithm == "fpcd"
+        bn, cn = ((b + self.fast_intercept_visible_, c + self.fast_intercept_hidden_)
+                  if fpcd else (b, c))
         particles = self.fantasy_particles_
         n, m = v_pos.shape[0], particles.shape[0]
         ph = self._phases
         slices = ph.hidden_slices
-        u_h = ph.hidden_uniforms(m)
         V = xp.concatenate([v_pos, particles])
         H = xp.empty((n + m, W.shape[0]), dtype=W.dtype)
         gc = xp.empty(W.shape[0], dtype=W.dtype)
         shares = [None] * len(slices)
+        draws = {}
+        drawn = threading.Event()
+
+        def draw():
+            # in the calling thread while the workers do steps 2-3: the hidden uniforms
+            # first (the workers wait for them), then the visible ones
+            try:
+                draws["u_h"] = ph.hidden_uniforms(m)
+            finally:
+                drawn.set()
+            draws["u_v"] = ph.visible_uniforms(m, particles.dtype)
+            draws["gb"] = alg.vcat_bias(v_pos, particles)
 
         def work(k):
             sl = slices[k]
             hs = H[:, sl]
+            Wn = W[sl] + self.fast_components_[sl] if fpcd else W[sl]   # slow + fast overlay
             xp.matmul(v_pos, W[sl].T, out=hs[:n])                # step 2
             hs[:n] += c[sl]
-            xp.matmul(particles, Wn[sl].T, out=hs[n:])           # step 3
+            xp.matmul(particles, Wn.T, out=hs[n:])               # step 3
             hs[n:] += cn[sl]
             sigmoid_(hs, xp)
-            h_sample = xp.less(u_h[:, sl], hs[n:]).astype(hs.dtype)
-            shares[k] = h_sample @ Wn[sl]                        # step 4, this slice's share
+            drawn.wait()
+            if "u_h" not in draws:
+                raise RuntimeError("drawing the hidden uniforms failed")
+            h_sample = xp.less(draws["u_h"][:, sl], hs[n:]).astype(hs.dtype)
+            shares[k] = h_sample @ Wn                            # step 4, this slice's share
             self._statistics_step(sl, hs, V, n, lr, gc)          # steps 5-7
 
-        extra = []
-        ph.runner.run(work, range(len(slices)), meanwhile=lambda: extra.extend(
-            (ph.visible_uniforms(m, particles.dtype), alg.vcat_bias(v_pos, particles))))
-        u_v, gb = extra
+        ph.runner.run(work, range(len(slices)), meanwhile=draw)
         pre = shares[0]
         for share in shares[1:]:
             pre += share
         pre += bn
-        self.fantasy_particles_ = self._visible.sample_(pre, u_v, xp)   # step 4: new particles
-        self._apply_biases(gb, gc, lr)
+        self.fantasy_particles_ = self._visible.sample_(pre, draws["u_v"], xp)   # step 4
+        self._apply_biases(draws["gb"], gc, lr)
 
     def _apply_statistics(self, v_pos, h_pos, v_neg, h_neg, lr: float) -> None:
         """Steps 5-7 of 3.2.4 for CD and MF-CD: g = positive - negative statistics, one
