@@ -59,3 +59,22 @@ def test_data_checks_find_a_bad_value_in_the_last_block(value, allow, match):
         check_data(X, allow_probabilities=allow)
     X[-1, -1] = 1.0
     assert check_data(X, allow_probabilities=allow) is X
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_failed_draw_stops_the_update_with_an_error(n_jobs, monkeypatch):
+    from lab.undirected import BinaryRBM
+    X = (np.random.default_rng(0).random((40, 30)) < 0.3).astype(np.float32)
+    rbm = BinaryRBM(300, algorithm="pcd", n_fantasy=10, batch_size=10, n_jobs=n_jobs,
+                    random_state=0).partial_fit(X[:10])
+    before = rbm.components_.copy()
+
+    def broken(n):
+        raise MemoryError("no room for uniforms")
+
+    monkeypatch.setattr(rbm._phases, "hidden_uniforms", broken)
+    with pytest.raises((MemoryError, RuntimeError)) as err:
+        rbm.partial_fit(X[10:20])
+    chain = [err.value, err.value.__context__]
+    assert any(isinstance(e, MemoryError) for e in chain if e is not None)
+    np.testing.assert_array_equal(rbm.components_, before)   # no half-applied update
