@@ -68,11 +68,11 @@ def follow(dry: bool, steps: int) -> dict:
     return out
 
 
-def run_curve(config, steps: int, host_random: bool, backend, data_dir) -> dict:
+def run_curve(config, steps: int, host_random: bool, backend) -> dict:
     from lab.capsules.run import train_run  # noqa: PLC0415
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        summary = train_run(config, tmp, seed=0, steps=steps, data_path=data_dir, progress=False,
+        summary = train_run(config, tmp, seed=0, steps=steps, progress=False,
                             device=backend, host_random=host_random, checkpoint_seconds=1e9)
         seconds = time.perf_counter() - t0
         curve = {}
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     for host_random in (False, True):
         name = "gpu_host_random" if host_random else "gpu_device_random"
         print(f"2. {name}: {steps} steps", flush=True)
-        result[name] = run_curve(config, steps, host_random, backend, None)
+        result[name] = run_curve(config, steps, host_random, backend)
         write()
     cpu = result["cpu_curves"]
     rows = sorted(result["gpu_device_random"]["curve"])

@@ -214,3 +214,16 @@ def test_fan_in_scaled_step_sizes(data):
     assert adam["encoder.W1"]["lr"] == pytest.approx(0.01 * 16 / 64)
     assert fan_in_overrides(tr.model.params, "adam", {}, 0) == {}
     tr.step()
+
+
+def test_run_options_that_cannot_go_together(tmp_path, capsys):
+    from lab.capsules.run import check_run_options, train_run
+    from lab.cli import main
+    with pytest.raises(ValueError, match="--minutes"):
+        check_run_options(None, None)
+    with pytest.raises(ValueError, match="fresh runs"):
+        train_run(CapsuleConfig(), tmp_path / "run", steps=1, resume=True, host_random=True)
+    assert not (tmp_path / "run").exists()          # refused before anything was written
+    assert main(["train", "capsules", "--steps", "1", "--resume", "--host-random",
+                 "--out", str(tmp_path / "cli")]) == 2
+    assert "fresh runs" in capsys.readouterr().err

@@ -37,6 +37,14 @@ def limit_blas_threads(n: int | None):
     return threadpool_limits(limits=int(n), user_api="blas")
 
 
+def check_run_options(minutes, steps, resume: bool = False, host_random: bool = False) -> None:
+    """Raise ``ValueError`` for options that cannot go together (before anything loads)."""
+    if minutes is None and steps is None:
+        raise ValueError("give --minutes M and/or --steps N")
+    if resume and host_random:
+        raise ValueError("--host-random is for fresh runs, not with --resume")
+
+
 def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | None = None,
               steps: int | None = None, optimizer: str | None = None, resume: bool = False,
               checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
@@ -49,16 +57,13 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.checkpoint import latest_checkpoint, save_step_checkpoint  # noqa: PLC0415
     from lab.progress import Progress  # noqa: PLC0415
-    if minutes is None and steps is None:
-        raise ValueError("give --minutes or --steps (or both)")
+    check_run_options(minutes, steps, resume, host_random)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config, data_path)
     train, valid = data["train"][0], data["valid"][0]
     backend = device if isinstance(device, Backend) else get_backend(device)
     ckpt = latest_checkpoint(out, verify=True) if resume else None
-    if ckpt is not None and host_random:
-        raise ValueError("host_random (--host-random) is for fresh runs, not for --resume")
     if ckpt is not None:
         trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend)
     else:

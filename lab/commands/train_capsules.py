@@ -48,9 +48,11 @@ def _overrides(items) -> dict:
 
 def run(args) -> int:
     from lab.capsules.configs import get_config  # noqa: PLC0415
-    from lab.capsules.run import limit_blas_threads, train_run  # noqa: PLC0415
-    if args.minutes is None and args.steps is None:
-        print("lab train capsules: give --minutes M and/or --steps N", file=sys.stderr)
+    from lab.capsules.run import check_run_options, limit_blas_threads, train_run  # noqa: PLC0415
+    try:
+        check_run_options(args.minutes, args.steps, args.resume, args.host_random)
+    except ValueError as exc:
+        print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
     from lab.backend import GPUUnavailableError, get_backend  # noqa: PLC0415
     config = get_config(args.config, **_overrides(args.set))
@@ -59,9 +61,6 @@ def run(args) -> int:
         backend = get_backend(args.device)
     except GPUUnavailableError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
-        return 2
-    if args.host_random and args.resume:
-        print("lab train capsules: --host-random is for fresh runs, not with --resume", file=sys.stderr)
         return 2
     with limit_blas_threads(args.threads):
         summary = train_run(config, out, seed=args.seed, minutes=args.minutes, steps=args.steps,
