@@ -113,3 +113,29 @@ def test_fig3_2_and_3_5_structure(tiny_data, monkeypatch):
     res = ex.fig3_5(quick=True, durations=[0.1], algorithms=["cd1", "pcd"], verbose=False)
     assert len(res["runs"]) == 4 and all(np.isfinite(r["test_ll_ais"]) for r in res["runs"])
     json.dumps(res)
+
+
+def test_experiment_settings_from_the_command_line(tiny_data, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["experiment", "fig3.1", "--quick", "--quiet", "--out", str(out),
+                 "--set", "durations=[0.1]", "--set", 'algorithms=["cd1", "pcd"]',
+                 "--set", 'learning_rates={"pcd": [0.1, 0.3]}', "--set", "n_hidden=4"]) == 0
+    res = json.loads((out / "fig3.1-quick-custom.json").read_text())
+    assert res["settings"]["learning_rates"] == {"pcd": [0.1, 0.3]} and res["n_hidden"] == 4
+    # the rates given replace the default for PCD only; CD-1 keeps its quick rate
+    rates = sorted((r["algorithm"], r["learning_rate"]) for r in res["runs"])
+    assert rates == [("cd1", ex.FIG31_LR["cd1"]), ("pcd", 0.1), ("pcd", 0.3)]
+    assert not (out / "fig3.1-quick.json").exists()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("durations", "expected KEY=VALUE"),
+    ("durations=[60, 240", "must be JSON"),
+    ("n_hiden=4", "has no setting n_hiden; its settings: durations, algorithms"),
+    ('learning_rates={"fpdc": [0.1]}', "names ['fpdc'], which this run does not train"),
+    ('learning_rates={"pcd": []}', "no rate for ['pcd']"),
+])
+def test_experiment_settings_errors_name_what_is_wrong(tiny_data, tmp_path, capsys, item, message):
+    assert main(["experiment", "fig3.1", "--quick", "--out", str(tmp_path), "--set", item]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())        # nothing ran, nothing written

@@ -1,4 +1,5 @@
-"""``lab experiment NAME [--quick] [--out DIR]``: the experiments of thesis chapter 3."""
+"""``lab experiment NAME [--quick] [--set KEY=JSON ...] [--out DIR]``: the experiments of
+thesis chapter 3."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,11 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the few-minute CPU variant (short runs, fixed learning rates)")
     p.add_argument("--out", default="runs/experiments", help="directory for NAME[-quick].json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", dest="settings",
+                   help="a keyword argument of the experiment's function in place of its default, "
+                        "the value as JSON (repeatable), e.g. --set 'durations=[60, 240]' "
+                        "--set 'learning_rates={\"fpcd\": [0.1]}'; the file is then "
+                        "NAME[-quick]-custom.json and records the settings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no per-run lines")
     p.set_defaults(func=run)
@@ -43,15 +49,33 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def parse_settings(items) -> dict:
+    """``["KEY=JSON", ...]`` -> ``{KEY: value}``; a clear error for anything else."""
+    from lab.undirected.experiments import SettingsError  # noqa: PLC0415
+    settings = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise SettingsError(f"--set {item!r}: expected KEY=VALUE, e.g. --set 'durations=[60, 240]'")
+        try:
+            settings[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise SettingsError(f"--set {item!r}: the value must be JSON, e.g. "
+                             f"--set 'algorithms=[\"pcd\", \"fpcd\"]'") from None
+    return settings
+
+
 def run(args) -> int:
-    from lab.undirected.experiments import run as run_experiment  # noqa: PLC0415
+    from lab.undirected.experiments import SettingsError, run as run_experiment  # noqa: PLC0415
     from lab.undirected.parallel import blas_single_thread  # noqa: PLC0415
     try:
+        settings = parse_settings(args.settings)
         # one BLAS thread: the estimators bring their own worker threads (see parallel.py)
         with blas_single_thread():
             result = run_experiment(args.name, quick=args.quick, out=args.out, seed=args.seed,
-                                    verbose=not args.quiet)
-    except ImportError as exc:  # the data loaders are missing
+                                    verbose=not args.quiet, settings=settings)
+    except (ImportError, SettingsError) as exc:  # missing data loaders, bad settings
         print(f"lab experiment {args.name}: {exc}", file=sys.stderr)
         return 2
     print(_table(result))

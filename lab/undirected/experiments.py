@@ -17,6 +17,7 @@ take what they take (hours; meant for a GPU or a long night).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -150,6 +151,27 @@ def _curves(chosen, key, algorithms) -> dict:
     return {a: [[r["seconds"], r[key]] for r in ordered if r["algorithm"] == a] for a in algorithms}
 
 
+class SettingsError(ValueError):
+    """Settings an experiment cannot take (unknown names, learning rates for algorithms
+    it does not train); raised before any training."""
+
+
+def _rate_grid(learning_rates, algorithms, default) -> dict:
+    """The initial learning rates to try per algorithm: ``default`` with the entries of
+    ``learning_rates`` ({algorithm: [rates]}) in place of its own."""
+    if not learning_rates:
+        return default
+    unknown = sorted(set(learning_rates) - set(algorithms))
+    if unknown:
+        raise SettingsError(f"learning_rates names {unknown}, which this run does not train; "
+                         f"its algorithms: {list(algorithms)}")
+    grid = {**default, **{a: [float(r) for r in rates] for a, rates in learning_rates.items()}}
+    empty = [a for a in algorithms if not grid.get(a)]
+    if empty:
+        raise SettingsError(f"learning_rates gives no rate for {empty}")
+    return grid
+
+
 # ----------------------------------------------------------------------------------
 # fig 3.1: 25 hidden units, exact test log-likelihood vs training time
 # ----------------------------------------------------------------------------------
@@ -166,8 +188,9 @@ def fig3_1(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
     3 days)."""
     durations = durations or ([5, 15] if quick else [60, 240, 960, 3840])
     algorithms = algorithms or ["cd1", "cd10", "mfcd", "pcd", "fpcd"]
-    grid = learning_rates or ({a: [FIG31_LR[a]] for a in algorithms} if quick else
-                              {a: [FIG31_LR[a] / 3, FIG31_LR[a], FIG31_LR[a] * 3] for a in algorithms})
+    grid = _rate_grid(learning_rates, algorithms,
+                      {a: [FIG31_LR[a]] for a in algorithms} if quick else
+                      {a: [FIG31_LR[a] / 3, FIG31_LR[a], FIG31_LR[a] * 3] for a in algorithms})
     data = mnist_data(seed)
     X, (Xv, _), (Xt, _) = data["train"][0], data["valid"], data["test"]
     runs = []
@@ -249,8 +272,9 @@ def fig3_3(quick: bool = False, seed: int = 0, durations=None, algorithms=None,
     durations = durations or ([8, 24] if quick else [240, 960, 3840, 15360])
     algorithms = algorithms or ["cd1", "cd10", "mfcd", "pcd", "fpcd"]
     n_hidden = n_hidden or (200 if quick else 500)
-    grid = learning_rates or ({a: [FIG33_LR[a]] for a in algorithms} if quick else
-                              {a: [FIG33_LR[a] / 3, FIG33_LR[a], FIG33_LR[a] * 3] for a in algorithms})
+    grid = _rate_grid(learning_rates, algorithms,
+                      {a: [FIG33_LR[a]] for a in algorithms} if quick else
+                      {a: [FIG33_LR[a] / 3, FIG33_LR[a], FIG33_LR[a] * 3] for a in algorithms})
     data = mnist_data(seed)
     (X, y), (Xv, yv), (Xt, yt) = data["train"], data["valid"], data["test"]
     runs = []
@@ -291,7 +315,8 @@ def fig3_6(quick: bool = False, seed: int = 0, durations=None, hidden_sizes=None
     of PCD's time for the same accuracy, and prefers about twice as many hidden units)."""
     durations = durations or ([8, 24] if quick else [240, 960, 3840, 15360])
     hidden_sizes = hidden_sizes or ([100, 300] if quick else [300, 500, 700, 1000, 1200])
-    grid = learning_rates or {"pcd": [FIG33_LR["pcd"]], "fpcd": [FIG33_LR["fpcd"]]}
+    grid = _rate_grid(learning_rates, ("pcd", "fpcd"),
+                      {"pcd": [FIG33_LR["pcd"]], "fpcd": [FIG33_LR["fpcd"]]})
     data = mnist_data(seed)
     (X, y), (Xv, yv), (Xt, yt) = data["train"], data["valid"], data["test"]
     runs = []
@@ -431,17 +456,33 @@ EXPERIMENTS = {
 }
 
 
+def settings_of(name: str) -> list[str]:
+    """The keyword arguments of experiment ``name`` that ``run(settings=...)`` may set."""
+    fixed = ("quick", "seed", "verbose")
+    return [p for p in inspect.signature(EXPERIMENTS[name]).parameters if p not in fixed]
+
+
 def run(name: str, quick: bool = False, out: str | None = None, seed: int = 0,
-        verbose: bool = True) -> dict:
-    """Run experiment ``name``; write ``<out>/<name>[-quick].json`` when ``out`` is given."""
+        verbose: bool = True, settings: dict | None = None) -> dict:
+    """Run experiment ``name``, with ``settings`` (keyword arguments of its function, e.g.
+    ``{"durations": [60, 240]}``) in place of the defaults; write
+    ``<out>/<name>[-quick][-custom].json`` when ``out`` is given (``-custom`` with settings,
+    which the file records)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(settings_of(name)))
+    if unknown:
+        raise SettingsError(f"{name} has no setting {', '.join(unknown)}; "
+                         f"its settings: {', '.join(settings_of(name))}")
     start = time.perf_counter()
-    result = EXPERIMENTS[name](quick=quick, seed=seed, verbose=verbose)
+    result = EXPERIMENTS[name](quick=quick, seed=seed, verbose=verbose, **settings)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    if settings:
+        result["settings"] = settings
     if out:
         os.makedirs(out, exist_ok=True)
-        path = os.path.join(out, f"{name}{'-quick' if quick else ''}.json")
+        path = os.path.join(out, f"{name}{'-quick' if quick else ''}{'-custom' if settings else ''}.json")
         with open(path, "w") as f:
             json.dump(result, f, indent=1, default=_json_default)
         result["path"] = path
