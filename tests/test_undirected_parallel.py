@@ -62,19 +62,37 @@ def test_data_checks_find_a_bad_value_in_the_last_block(value, allow, match):
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_a_failed_draw_stops_the_update_with_an_error(n_jobs, monkeypatch):
+@pytest.mark.parametrize("draw", ["hidden_uniforms", "visible_uniforms"])
+def test_a_failed_draw_stops_the_update_with_an_error(draw, n_jobs, monkeypatch):
+    # the workers sample with the hidden uniforms while the calling thread draws the
+    # visible ones: a failure of either stops every slice before its weights move
     from lab.undirected import BinaryRBM
     X = (np.random.default_rng(0).random((40, 30)) < 0.3).astype(np.float32)
     rbm = BinaryRBM(300, algorithm="pcd", n_fantasy=10, batch_size=10, n_jobs=n_jobs,
                     random_state=0).partial_fit(X[:10])
     before = rbm.components_.copy()
 
-    def broken(n):
+    def broken(*args):
         raise MemoryError("no room for uniforms")
 
-    monkeypatch.setattr(rbm._phases, "hidden_uniforms", broken)
+    monkeypatch.setattr(rbm._phases, draw, broken)
     with pytest.raises((MemoryError, RuntimeError)) as err:
         rbm.partial_fit(X[10:20])
     chain = [err.value, err.value.__context__]
     assert any(isinstance(e, MemoryError) for e in chain if e is not None)
     np.testing.assert_array_equal(rbm.components_, before)   # no half-applied update
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_the_update_draws_hidden_then_visible_uniforms_from_one_stream(n_jobs, monkeypatch):
+    from lab.undirected import BinaryRBM
+    X = (np.random.default_rng(0).random((40, 30)) < 0.3).astype(np.float32)
+    rbm = BinaryRBM(300, algorithm="fpcd", n_fantasy=10, batch_size=10, n_jobs=n_jobs,
+                    random_state=0).partial_fit(X[:10])
+    ph, calls = rbm._phases, []
+    for name in ("hidden_uniforms", "visible_uniforms"):
+        real = getattr(ph, name)
+        monkeypatch.setattr(ph, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1])
+    rbm.partial_fit(X[10:20])
+    rbm.partial_fit(X[20:30])
+    assert calls == ["hidden_uniforms", "visible_uniforms"] * 2

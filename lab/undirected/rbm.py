@@ -262,7 +262,8 @@ class _RBMBase(ScheduledTrainer, Estimator):
         (step 4, taken before the weights move), then the gradient of its rows (one
         product ``[h_pos/n; -h_neg/m]^T [v_pos; particles]``) and their update (steps
         5-7). The calling thread meanwhile draws the uniforms (the hidden ones first: the
-        workers wait for them only after steps 2-3), then takes the last slice itself; it
+        workers wait for them only after steps 2-3, and for the rest before they move any
+        weight, so a failed draw leaves no slice updated), then takes the last slice itself; it
         then finishes step 4 (sum of the shares, sample) and updates the biases. One
         hand-off per update: on a VM, waking a sleeping worker costs as much as a small
         product. The draws come in the same order with or without workers. FPCD's
@@ -283,17 +284,25 @@ class _RBMBase(ScheduledTrainer, Estimator):
         gc = xp.empty(W.shape[0], dtype=W.dtype)
         shares = [None] * len(slices)
         draws = {}
-        drawn = threading.Event()
+        hidden_drawn, all_drawn = threading.Event(), threading.Event()
 
         def draw():
             # in the calling thread while the workers do steps 2-3: the hidden uniforms
-            # first (the workers wait for them), then the visible ones
+            # first (the workers sample with them), then the visible ones (the workers
+            # wait for them before moving any weight: a failed draw leaves no slice updated)
             try:
                 draws["u_h"] = ph.hidden_uniforms(m)
+                hidden_drawn.set()
+                draws["u_v"] = ph.visible_uniforms(m, particles.dtype)
+                draws["gb"] = alg.vcat_bias(v_pos, particles)
             finally:
-                drawn.set()
-            draws["u_v"] = ph.visible_uniforms(m, particles.dtype)
-            draws["gb"] = alg.vcat_bias(v_pos, particles)
+                hidden_drawn.set()
+                all_drawn.set()
+
+        def wait_for(event, key):
+            event.wait()
+            if key not in draws:
+                raise RuntimeError("drawing this update's uniforms failed")
 
         def work(k):
             sl = slices[k]
@@ -304,11 +313,10 @@ class _RBMBase(ScheduledTrainer, Estimator):
             xp.matmul(particles, Wn.T, out=hs[n:])               # step 3
             hs[n:] += cn[sl]
             sigmoid_(hs, xp)
-            drawn.wait()
-            if "u_h" not in draws:
-                raise RuntimeError("drawing the hidden uniforms failed")
+            wait_for(hidden_drawn, "u_h")
             h_sample = xp.less(draws["u_h"][:, sl], hs[n:]).astype(hs.dtype)
             shares[k] = h_sample @ Wn                            # step 4, this slice's share
+            wait_for(all_drawn, "gb")
             self._statistics_step(sl, hs, V, n, lr, gc)          # steps 5-7
 
         ph.runner.run(work, range(len(slices)), meanwhile=draw)
