@@ -62,7 +62,7 @@ def parse_settings(items) -> dict:
             settings[key] = json.loads(text)
         except json.JSONDecodeError:
             raise SettingsError(f"--set {item!r}: the value must be JSON, e.g. "
-                             f"--set 'algorithms=[\"pcd\", \"fpcd\"]'") from None
+                                f"--set 'algorithms=[\"pcd\", \"fpcd\"]'") from None
     return settings
 
 

@@ -164,7 +164,7 @@ def _rate_grid(learning_rates, algorithms, default) -> dict:
     unknown = sorted(set(learning_rates) - set(algorithms))
     if unknown:
         raise SettingsError(f"learning_rates names {unknown}, which this run does not train; "
-                         f"its algorithms: {list(algorithms)}")
+                            f"its algorithms: {list(algorithms)}")
     grid = {**default, **{a: [float(r) for r in rates] for a, rates in learning_rates.items()}}
     empty = [a for a in algorithms if not grid.get(a)]
     if empty:
@@ -474,7 +474,7 @@ def run(name: str, quick: bool = False, out: str | None = None, seed: int = 0,
     unknown = sorted(set(settings) - set(settings_of(name)))
     if unknown:
         raise SettingsError(f"{name} has no setting {', '.join(unknown)}; "
-                         f"its settings: {', '.join(settings_of(name))}")
+                            f"its settings: {', '.join(settings_of(name))}")
     start = time.perf_counter()
     result = EXPERIMENTS[name](quick=quick, seed=seed, verbose=verbose, **settings)
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
