@@ -114,8 +114,8 @@ class ClassificationRBM(_RBMBase):
         if len(self.classes_) < 2:
             raise ValueError("y needs at least two classes")
         self.n_features_ = X.shape[1]
-        joint = self._joint(X, y)
-        self._initialize(joint.shape[1], data_mean=joint.mean(axis=0))
+        self._initialize(X.shape[1] + len(self.classes_),
+                         data_mean=lambda: self._joint(X, y).mean(axis=0))
         self._fit_loop(X, labels=self._encode(y))
         return self
 
@@ -145,7 +145,7 @@ class ClassificationRBM(_RBMBase):
         if not fitted:
             self.n_features_ = X.shape[1]
             self._initialize(X.shape[1] + len(self.classes_),
-                             data_mean=self._joint(X, y).mean(axis=0))
+                             data_mean=lambda: self._joint(X, y).mean(axis=0))
         start = time.perf_counter()
         with self._lock:
             v = self.backend_.asarray(X, dtype=DEFAULT_FLOAT)

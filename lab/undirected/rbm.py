@@ -80,7 +80,9 @@ class _RBMBase(ScheduledTrainer, Estimator):
             raise ValueError(f"visible_bias_init must be 'zero' or 'data', got {self.visible_bias_init!r}")
 
     def _initialize(self, n_visible: int, data_mean=None) -> None:
-        """Create the learned state (thesis 3.2.4 'Initialization')."""
+        """Create the learned state (thesis 3.2.4 'Initialization'). ``data_mean``: a
+        function giving the training data's mean, called only for
+        ``visible_bias_init="data"``."""
         self._check_hyperparameters()
         self.backend_ = get_backend(self.device)
         xp = self._xp
@@ -92,7 +94,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
         self.intercept_hidden_ = xp.zeros(self.n_hidden, dtype=DEFAULT_FLOAT)
         self.intercept_visible_ = xp.zeros(n_visible, dtype=DEFAULT_FLOAT)
         if self.visible_bias_init == "data" and data_mean is not None:
-            self.intercept_visible_ = self._log_odds(data_mean)
+            self.intercept_visible_ = self._log_odds(data_mean())
         # persistent chains start at all-zero states
         self.fantasy_particles_ = None
         if self.algorithm in alg.PERSISTENT:
@@ -263,8 +265,8 @@ class _RBMBase(ScheduledTrainer, Estimator):
         product ``[h_pos/n; -h_neg/m]^T [v_pos; particles]``) and their update (steps
         5-7). The calling thread meanwhile draws the uniforms (the hidden ones first: the
         workers wait for them only after steps 2-3, and for the rest before they move any
-        weight, so a failed draw leaves no slice updated), then takes the last slice itself; it
-        then finishes step 4 (sum of the shares, sample) and updates the biases. One
+        weight, so a failed draw leaves no slice updated), then takes the last slice
+        itself; it then finishes step 4 (sum of the shares, sample) and updates the biases. One
         hand-off per update: on a VM, waking a sleeping worker costs as much as a small
         product. The draws come in the same order with or without workers. FPCD's
         negative-phase weights are formed per slice, in the workers. PCD and FPCD do the
@@ -601,7 +603,7 @@ class BinaryRBM(_RBMBase):
         """Train from scratch on ``X`` (n_samples, n_visible) until ``n_updates`` or
         ``max_seconds`` (10 epochs when neither is set). Returns self."""
         X = self._check_X(X, fitted=False)
-        self._initialize(X.shape[1], data_mean=X.mean(axis=0) if self.visible_bias_init == "data" else None)
+        self._initialize(X.shape[1], data_mean=lambda: X.mean(axis=0))
         self._fit_loop(X)
         return self
 
@@ -615,7 +617,7 @@ class BinaryRBM(_RBMBase):
         fitted = hasattr(self, "components_")
         X = self._check_X(X, fitted=fitted)
         if not fitted:
-            self._initialize(X.shape[1], data_mean=X.mean(axis=0))
+            self._initialize(X.shape[1], data_mean=lambda: X.mean(axis=0))
         start = time.perf_counter()
         with self._lock:
             self._update(self._prepare_batch(X))
