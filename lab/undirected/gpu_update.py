@@ -427,7 +427,9 @@ def ais_log_partition_gpu(W, b, c, base_rate, *, n_runs: int = 100, betas=None, 
     f32 = np.float32
     Wf = cp.ascontiguousarray(cp.asarray(W, f32))
     nh, nv = Wf.shape
-    bB, cB = cp.asarray(b, f32), cp.asarray(c, f32)
+    # contiguous copies: the kernels index b[i], c[j], and an estimator's c is a strided
+    # column view of PersistentUpdateGPU's augmented parameters
+    bB, cB = cp.ascontiguousarray(cp.asarray(b, f32)), cp.ascontiguousarray(cp.asarray(c, f32))
     bA64 = base_rate_biases(base_rate)
     bA = cp.asarray(bA64, f32)
     log_z_base = float(np.logaddexp(0, bA64).sum() + nh * math.log(2.0))
