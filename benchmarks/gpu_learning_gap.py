@@ -2,25 +2,29 @@
 
 Session 3's 3-minute H100 run was 0.0635 held-out error at step 1,400 where CPU seeds 0
 and 1 were at 0.0582 and 0.0581 (``benchmarks/results/capsules_runs_*.json``). This
-script answers it in one device call of about three minutes:
+script answers it in one device call of a few minutes:
 
 1. ``train_follow`` (from ``gpu_check``): the GPU trainer against the CPU trainer for a
    few steps with the CPU's random numbers, both with a host read every step and with
-   the GPU default of one every 10 steps. Parameter changes that differ by more than
-   float rounding mean an arithmetic bug in the GPU's training mode.
-2. Two GPU runs of ``--steps`` (default 1,400) from seed 0 with a held-out evaluation
-   every 200 steps: one with the device's random generator (as session 3's run), one with
-   the CPU run's random numbers (``--host-random``). Their curves are printed beside the
-   CPU curves of seeds 0 and 1.
+   the GPU default of one every 10 steps, beside a CPU run started 1e-7 off (training
+   amplifies rounding; see ``gpu_check.section_train_follow``). ``--follow-steps 0``
+   skips it.
+2. GPU runs of ``--steps`` (default 1,400) from seed 0 with a held-out evaluation every
+   200 steps, printed beside the CPU curves of seeds 0 and 1. ``--runs`` picks them:
+   ``graph`` (the device's random numbers, the steps between checks replayed as a CUDA
+   graph: the default trainer), ``eager`` (the same, every launch from Python) and
+   ``host`` (the CPU run's random numbers, ``--host-random``).
 
 Reading it: host-random on the CPU curve and the device-RNG run off it means the device
 random numbers matter (a generator or a distribution bug); both off it means arithmetic;
-both on it means session 3's run was its code of the time, or chance.
+both on it means session 3's run was its code of the time, or chance. Session 6 (H200):
+all on it, within the spread of CPU seeds (``benchmarks/results/gpu_learning_gap_h200.json``).
 
-    python benchmarks/gpu_learning_gap.py [--steps 1400] [--out DIR]
+    python benchmarks/gpu_learning_gap.py [--steps 1400] [--runs graph,eager,host] [--out DIR]
     python benchmarks/gpu_learning_gap.py --cpu-dry-run   # numpy standing in for CuPy
 
-Results go to ``DIR/gpu_learning_gap.json`` (``$OUT`` when set, else benchmarks/results).
+Results go to ``DIR/NAME.json`` (``--name``, default gpu_learning_gap; ``DIR``: ``$OUT``
+when set, else benchmarks/results).
 """
 from __future__ import annotations
 
@@ -68,12 +72,16 @@ def follow(dry: bool, steps: int) -> dict:
     return out
 
 
-def run_curve(config, steps: int, host_random: bool, backend) -> dict:
+#: ``--runs`` names: (host random numbers, CUDA graph)
+RUNS = {"graph": (False, None), "eager": (False, False), "host": (True, False)}
+
+
+def run_curve(config, steps: int, host_random: bool, backend, graph=None) -> dict:
     from lab.capsules.run import train_run  # noqa: PLC0415
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        summary = train_run(config, tmp, seed=0, steps=steps, progress=False,
-                            device=backend, host_random=host_random, checkpoint_seconds=1e9)
+        summary = train_run(config, tmp, seed=0, steps=steps, progress=False, device=backend,
+                            host_random=host_random, checkpoint_seconds=1e9, graph=graph)
         seconds = time.perf_counter() - t0
         curve = {}
         with open(Path(tmp) / "metrics.jsonl") as f:
@@ -82,17 +90,23 @@ def run_curve(config, steps: int, host_random: bool, backend) -> dict:
                 if "valid_recon_nodropout" in m:
                     curve[int(m["step"])] = m["valid_recon_nodropout"]
     return {"host_random": host_random, "steps": steps, "seconds": round(seconds, 1),
-            "rollbacks": summary.get("rollbacks"), "curve": curve}
+            "rollbacks": summary.get("rollbacks"), "cuda_graph": summary.get("cuda_graph"),
+            "curve": curve}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--follow-steps", type=int, default=20)
+    ap.add_argument("--runs", default="graph,eager,host", help="comma-separated: " + ", ".join(RUNS))
+    ap.add_argument("--name", default="gpu_learning_gap", help="the JSON file's name (no suffix)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cpu-dry-run", action="store_true",
                     help="numpy in place of CuPy, mnist-quick, a few steps: checks the script")
     args = ap.parse_args(argv)
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if not runs or set(runs) - set(RUNS):
+        ap.error(f"--runs takes a comma-separated subset of {', '.join(RUNS)}")
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.capsules import get_config  # noqa: PLC0415
     dry = args.cpu_dry_run
@@ -101,7 +115,7 @@ def main(argv=None) -> int:
     steps = 6 if dry else args.steps
     out_dir = args.out or Path(os.environ.get("OUT") or HERE / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ("gpu_learning_gap_dry.json" if dry else "gpu_learning_gap.json")
+    path = out_dir / (f"{args.name}_dry.json" if dry else f"{args.name}.json")
     result = {"what": __doc__.split("\n\n")[0], "dry_run": dry, "config": config.name,
               "cpu_curves": cpu_curves()}
 
@@ -115,22 +129,24 @@ def main(argv=None) -> int:
         from gpu_check import Ctx, card_name  # noqa: PLC0415
         result["machine"] = {"card": card_name(Ctx(False)), "cupy": cupy.__version__,
                              "numpy": np.__version__}
-    print("1. step by step against the CPU", flush=True)
-    result["train_follow"] = follow(dry, 10 if dry else args.follow_steps)
-    write()
-    for host_random in (False, True):
-        name = "gpu_host_random" if host_random else "gpu_device_random"
+    if args.follow_steps:
+        print("1. step by step against the CPU", flush=True)
+        result["train_follow"] = follow(dry, 10 if dry else args.follow_steps)
+        write()
+    for run in runs:
+        host_random, graph = RUNS[run]
+        name = f"gpu_{run}"
         print(f"2. {name}: {steps} steps", flush=True)
-        result[name] = run_curve(config, steps, host_random, backend)
+        result[name] = run_curve(config, steps, host_random, backend, graph)
         write()
     cpu = result["cpu_curves"]
-    rows = sorted(result["gpu_device_random"]["curve"])
+    rows = sorted({s for run in runs for s in result[f"gpu_{run}"]["curve"]})
     labels = list(cpu)
-    print("\nstep  gpu(device rng)  gpu(host rng)  " + "  ".join(labels))
+    print("\nstep  " + "  ".join(f"gpu({run})" for run in runs) + "  " + "  ".join(labels))
     for s in rows:
-        vals = [result["gpu_device_random"]["curve"].get(s), result["gpu_host_random"]["curve"].get(s)]
-        vals += [cpu[k].get(s) for k in labels]
+        vals = [result[f"gpu_{run}"]["curve"].get(s) for run in runs] + [cpu[k].get(s) for k in labels]
         print(f"{s:5d}  " + "  ".join("   -   " if v is None else f"{v:.5f}" for v in vals))
+    print("seconds: " + ", ".join(f"{run} {result[f'gpu_{run}']['seconds']}" for run in runs))
     print(f"wrote {path}")
     return 0
 

@@ -174,3 +174,143 @@ def test_host_random_stream_makes_the_gpu_branch_follow_the_cpu_run():
         dev.use_host_random()
     # its checkpoint holds the CPU stream's state: a CPU resume continues it exactly
     assert dev.stream.get_state()["pcg64"] == cpu.stream.get_state()["pcg64"]
+
+
+# -- the GPU step as a CUDA graph (lab.capsules.graph_step), with the CPU stand-in -------------
+def _graph_pair(seed=6, sync_every=5, **kwargs):
+    """The same trainer twice on the fake GPU: eager, and replaying a recorded step
+    (``ReplayStandIn``: a replay runs the step function again, counters left alone)."""
+    from lab.capsules.graph_step import ReplayStandIn
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images()
+    eager = CapsuleTrainer(_tiny(), x[:48], None, seed=seed, device=FAKE_GPU, sync_every=sync_every,
+                           graph=False, **kwargs)
+    graphed = CapsuleTrainer(_tiny(), x[:48], None, seed=seed, device=FAKE_GPU, sync_every=sync_every,
+                             graph=True, **kwargs)
+    assert isinstance(graphed._graph.recorder, ReplayStandIn) and eager.graph_info() is None
+    return eager, graphed
+
+
+def _assert_same_run(a, b):
+    assert (a.step_count, a.optimizer.step_count, a.stream._draws, a._pos) == \
+        (b.step_count, b.optimizer.step_count, b.stream._draws, b._pos)
+    for k, p in a.model.params.items():
+        np.testing.assert_array_equal(b.model.params[k].data, p.data, err_msg=k)
+    for name, slots in a.optimizer.state.items():
+        for slot, v in slots.items():
+            np.testing.assert_array_equal(b.optimizer.state[name][slot], v, err_msg=f"{name}/{slot}")
+
+
+def test_replayed_steps_equal_the_eager_run():
+    """Record once after an eager step that took the recorded path, replay between checks
+    (not on checks, not on the optimizer's counting steps), keep the step and draw
+    counters: bit for bit the eager run, metrics included."""
+    eager, graphed = _graph_pair()
+    for _ in range(23):
+        ma, mb = eager.step(), graphed.step()
+        assert {k: v for k, v in ma.items() if k != "seconds"} == \
+            {k: v for k, v in mb.items() if k != "seconds"}
+    _assert_same_run(eager, graphed)
+    info = graphed.graph_info()
+    # step 1 sets the optimizer's averages, step 2 takes the fused path, step 3 records;
+    # checks (5, 10, 15, 20) run eagerly: 23 - 3 - 4 replays
+    assert info == {"captures": 1, "replays": 16, "error": None}
+
+
+def test_a_rollback_drops_the_graph_and_records_again():
+    eager, graphed = _graph_pair(seed=2, sync_every=4, good_every=4)
+    for tr in (eager, graphed):
+        for _ in range(9):
+            tr.step()
+        tr.model.params["encoder.W1"].data[0, 0] = np.nan
+        ms = [tr.step() for _ in range(3)]
+        assert ms[-1]["rollback"] == 1
+        for _ in range(8):
+            tr.step()
+    _assert_same_run(eager, graphed)
+    assert graphed.graph_info()["captures"] == 2       # the cut step sizes are new constants
+
+
+def test_a_failed_recording_leaves_no_trace_and_the_trainer_steps_eagerly():
+    """What a recording cached (device constants are written only when the graph runs)
+    is forgotten, the counters are put back, the reason is kept, and the run goes on
+    eagerly exactly as the eager trainer's."""
+    from lab.autodiff import tensor as tensor_mod
+
+    class Broken:
+        executes_while_recording = False
+
+        def record(self, step_fn):
+            tensor_mod._DEVICE_CONSTANTS[("poisoned",)] = np.zeros(())
+            raise RuntimeError("cudaErrorStreamCaptureUnsupported")
+
+    eager, graphed = _graph_pair()
+    graphed._graph.recorder = Broken()
+    for _ in range(8):
+        eager.step()
+        graphed.step()
+    _assert_same_run(eager, graphed)
+    assert ("poisoned",) not in tensor_mod._DEVICE_CONSTANTS
+    assert graphed.graph_info() == {"captures": 0, "replays": 0,
+                                    "error": "RuntimeError: cudaErrorStreamCaptureUnsupported"}
+
+
+def test_no_graph_where_a_step_needs_host_numbers():
+    from lab.capsules.graph_step import unsupported
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images()
+    adam = CapsuleTrainer(_tiny(), x[:48], None, device=FAKE_GPU, optimizer="adam", graph=True)
+    assert "only the conservative optimizer" in unsupported(adam)
+    assert CapsuleTrainer(_tiny(), x[:48], None, device=FAKE_GPU, optimizer="adam").graph_info() is None
+    cpu = CapsuleTrainer(_tiny(), x[:48], None)
+    assert cpu.graph_info() is None and "CPU" in unsupported(cpu)
+    _, host = _graph_pair()
+    host.use_host_random()
+    for _ in range(6):
+        host.step()
+    assert host.graph_info()["replays"] == 0 and "host random" in host.graph_info()["error"]
+
+
+def test_the_upload_guard_names_host_to_device_copies():
+    import types
+
+    from lab.capsules.graph_step import _upload_guard
+
+    class DeviceArray:
+        pass
+
+    fake = types.SimpleNamespace(ndarray=DeviceArray, asarray=lambda a, dtype=None: DeviceArray(),
+                                 array=lambda a, dtype=None: DeviceArray())
+    found = []
+    asarray = fake.asarray
+    with _upload_guard(fake, found):
+        fake.asarray(DeviceArray())                       # already on the device: fine
+        fake.asarray([2.0, 3.0])
+        fake.array(np.ones(3))
+    assert fake.asarray is asarray
+    assert found == ["asarray(list) at ?", "array(ndarray) at ?"]      # (not called from lab/)
+
+
+def test_small_batched_products_and_the_gpu_routes(rng):
+    from lab.autodiff.ops.reductions import _gpu_route, small_matmul
+    a, b = rng.standard_normal((5, 9, 3, 3)), rng.standard_normal((5, 1, 3, 3))
+    np.testing.assert_allclose(small_matmul(np, a, b), a @ b, rtol=1e-12, atol=1e-12)
+    f32 = np.float32
+    assert _gpu_route(np.ones((4, 3), f32), np.ones((3, 2), f32)) == "gemm"
+    assert _gpu_route(a, b) == "small"
+    assert _gpu_route(np.ones((2, 4, 8)), np.ones((8, 5))) is None         # inner 8: CuPy's @
+    assert _gpu_route(np.ones((4, 3), f32), np.ones((3, 2))) is None         # mixed dtypes
+    assert _gpu_route(np.ones(3, f32), np.ones((3, 2), f32)) is None         # a vector
+    assert _gpu_route(np.ones((0, 3), f32), np.ones((3, 2), f32)) is None    # empty
+    assert _gpu_route(np.ones((4, 3), f32), np.ones((2, 2), f32)) is None    # shapes differ
+
+
+def test_weight_decay_gpu_forward_matches_cpu(rng):
+    from lab.capsules.regularizers import WeightDecay
+    thetas = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(7).astype(np.float32)]
+    cpu, gpu = WeightDecay(0.3, 0.5), WeightDecay(0.3, 0.5)
+    y_cpu, y_gpu = cpu.forward(np, *thetas), gpu.forward_gpu(np, *thetas)
+    assert y_gpu.dtype == y_cpu.dtype and float(y_gpu) == pytest.approx(float(y_cpu), rel=1e-6)
+    gy = np.asarray(1.5, np.float32)
+    for g_cpu, g_gpu in zip(cpu.backward(np, gy), gpu.backward(np, gy)):
+        np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-6)

@@ -49,6 +49,16 @@ class WeightDecay(Function):
         total = terms[0] if len(terms) == 1 else xp.stack(terms).sum()
         return xp.asarray(total * self.alpha, dtype=thetas[0].dtype)
 
+    def forward_gpu(self, xp, *thetas):  # pragma: no cover - needs a GPU
+        """As ``forward`` with the squares summed by reduction kernels and added up on the
+        device: CuPy's ``vdot`` is a cuBLAS call and its ``stack`` of more than 8 arrays
+        uploads a pointer table, neither of which a CUDA graph can record."""
+        self.beyond = [t - xp.clip(t, -self.free, self.free) for t in thetas]
+        total = (self.beyond[0] * self.beyond[0]).sum()
+        for s in self.beyond[1:]:
+            total += (s * s).sum()
+        return (total * self.alpha).astype(thetas[0].dtype)
+
     def backward(self, xp, gy):
         scale = gy * (2.0 * self.alpha)
         return tuple(s * scale.astype(s.dtype) for s in self.beyond)

@@ -48,12 +48,15 @@ def check_run_options(minutes, steps, resume: bool = False, host_random: bool = 
 def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | None = None,
               steps: int | None = None, optimizer: str | None = None, resume: bool = False,
               checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
-              log_every: int = 1, device="cpu", host_random: bool = False) -> dict:
+              log_every: int = 1, device="cpu", host_random: bool = False,
+              graph: bool | None = None) -> dict:
     """Train until ``minutes`` of wall time or ``steps`` updates (whichever first); returns a
     summary dict (also written to ``DIR/summary.json``). ``device``: cpu, gpu or auto
     (on the GPU only the trainer's check steps carry the loss; see ``CapsuleTrainer``).
     ``host_random``: a fresh run draws the CPU's random numbers on any device
-    (``CapsuleTrainer.use_host_random``), to compare a GPU run with the CPU run."""
+    (``CapsuleTrainer.use_host_random``), to compare a GPU run with the CPU run.
+    ``graph``: replay the GPU step as a CUDA graph (None: where it can; see
+    ``lab.capsules.graph_step``)."""
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.checkpoint import latest_checkpoint, save_step_checkpoint  # noqa: PLC0415
     from lab.progress import Progress  # noqa: PLC0415
@@ -65,9 +68,10 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     backend = device if isinstance(device, Backend) else get_backend(device)
     ckpt = latest_checkpoint(out, verify=True) if resume else None
     if ckpt is not None:
-        trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend)
+        trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend, graph=graph)
     else:
-        trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer, device=backend)
+        trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer, device=backend,
+                                 graph=graph)
         if host_random:
             trainer.use_host_random()
     metrics_path = out / "metrics.jsonl"
@@ -125,5 +129,7 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
                "valid_recon_nodropout": trainer.evaluate(), "rollbacks": len(trainer.events),
                "optimizer": trainer.optimizer_name, "device": trainer.backend.name,
                "best": best}
+    if trainer.graph_info() is not None:
+        summary["cuda_graph"] = trainer.graph_info()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -23,9 +23,10 @@ terms, parameter finiteness, mixture statistics and rule fractions in one transf
 returns the full metrics; the steps between return only counters and timing (and are not
 added to ``history``). A non-finite loss or parameter found at a check rolls back to the
 last good state, which is only taken at a check that found everything finite (so it is at
-most ``sync_every - 1`` updates older than on the CPU). On the CPU ``sync_every`` is 1 and
-the step is exactly the CPU step it always was. The GPU path was checked on an H100 by
-``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_h100.json``).
+most ``sync_every - 1`` updates older than on the CPU). The steps between checks replay one
+recorded CUDA graph (``lab.capsules.graph_step``). On the CPU ``sync_every`` is 1 and the
+step is exactly the CPU step it always was. The GPU path was checked on an H100 and an H200
+by ``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_*.json``).
 """
 from __future__ import annotations
 
@@ -56,13 +57,15 @@ class CapsuleTrainer:
     ``state_dict()``/``load_state_dict()``, ``save(path)`` and ``CapsuleTrainer.load``.
     ``device``: ``"cpu"`` (default), ``"gpu"``, ``"auto"`` or a ``Backend``;
     ``sync_every``: steps between host reads (default 1 on the CPU, 10 on the GPU; see
-    the module docstring).
+    the module docstring); ``graph``: replay the steps between checks as a CUDA graph
+    (``lab.capsules.graph_step``; None: with CuPy and the conservative optimizer).
     """
 
     def __init__(self, config: CapsuleConfig, train_images: np.ndarray,
                  valid_images: np.ndarray | None = None, seed: int = 0,
                  optimizer: str | None = None, good_every: int = 10,
-                 device: str | Backend | None = "cpu", sync_every: int | None = None):
+                 device: str | Backend | None = "cpu", sync_every: int | None = None,
+                 graph: bool | None = None):
         self.config = config
         self.seed = int(seed)
         self.backend = device if isinstance(device, Backend) else get_backend(device)
@@ -96,6 +99,13 @@ class CapsuleTrainer:
         self.last_metrics: dict = {}
         self.lock = threading.RLock()
         self._good = self._capture()
+        # CUDA graph of the steps between checks (lab.capsules.graph_step); default: on
+        # with CuPy and the conservative optimizer
+        self._graph = None
+        if graph or (graph is None and self.backend.xp.__name__ == "cupy"):
+            from lab.capsules.graph_step import CapturedStep, unsupported  # noqa: PLC0415
+            if graph or unsupported(self) is None:
+                self._graph = CapturedStep(self)
 
     def use_host_random(self) -> None:
         """Draw the CPU's random numbers on this trainer's device
@@ -109,9 +119,14 @@ class CapsuleTrainer:
         self._pos = 0
         self._order_dev = None
         self._good = self._capture()
+        if self._graph is not None:
+            from lab.capsules.graph_step import unsupported  # noqa: PLC0415
+            self._graph.drop()
+            self._graph.error = unsupported(self)
 
     # -- one update ---------------------------------------------------------------------
-    def _next_batch(self) -> np.ndarray:
+    def _next_indices(self):
+        """The next minibatch's rows of the training set (on the device on the GPU)."""
         B = min(self.config.batch_size, len(self.train_images))
         if self._pos + B > len(self._order):
             self._order = self.stream.permutation(len(self.train_images))
@@ -122,10 +137,14 @@ class CapsuleTrainer:
             if self._order_dev is None or self._order_dev[0] is not self._order:
                 self._order_dev = (self._order, self.backend.asarray(np.asarray(self._order, np.int64)))
             idx = self._order_dev[1][self._pos:self._pos + B]
-            self._pos += B
-            return self._train_dev[idx]
         self._pos += B
-        return self.train_images[idx]
+        return idx
+
+    def _batch(self, idx):
+        return self._train_dev[idx] if self._train_dev is not None else self.train_images[idx]
+
+    def _next_batch(self) -> np.ndarray:
+        return self._batch(self._next_indices())
 
     def step(self) -> dict:
         """One minibatch update; returns float metrics (a rollback sets ``rollback=1``)."""
@@ -168,15 +187,23 @@ class CapsuleTrainer:
         """``step()`` with host reads only every ``sync_every`` steps (module docstring)."""
         with self.lock:
             t0 = time.perf_counter()
-            batch = self._next_batch()
-            self.optimizer.zero_grad()
-            loss, terms, out = self.model.loss(batch, train=True, stream=self.stream, sync=False)
-            loss.backward()
-            self.optimizer.step()
+            graph = self._graph
+            checking = (self.step_count + 1) % self.sync_every == 0
+            idx = self._next_indices()
+            if graph is not None and not checking and graph.replayable() and graph.run(idx):
+                loss = None                              # replayed (lab.capsules.graph_step)
+            else:
+                batch = self._batch(idx)
+                self.optimizer.zero_grad()
+                loss, terms, out = self.model.loss(batch, train=True, stream=self.stream, sync=False)
+                loss.backward()
+                self.optimizer.step()
+                if graph is not None:
+                    graph.warmed()
             self.step_count += 1
-            self.images_seen += len(batch)
+            self.images_seen += len(idx)
             metrics = {"step": self.step_count, "images": self.images_seen}
-            if self.step_count % self.sync_every == 0:
+            if checking:
                 metrics.update(self._check(loss, terms, out))
             metrics["step_scale"] = float(self.optimizer.step_scale)
             metrics["seconds"] = time.perf_counter() - t0
@@ -247,6 +274,8 @@ class CapsuleTrainer:
 
     def _rollback(self, reason: str) -> dict:
         good = self._good
+        if self._graph is not None:
+            self._graph.drop()                  # the optimizer's arrays are rebound below
         for k, p in self.model.params.items():
             p.data[...] = good["params"][k]
         self.optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
@@ -259,6 +288,10 @@ class CapsuleTrainer:
         event = {"step": self.step_count, "reason": reason, "step_scale": self.optimizer.step_scale}
         self.events.append(event)
         return {"rollback": 1, "rollback_reason": reason}
+
+    def graph_info(self) -> dict | None:
+        """The CUDA graph's record (captures, replays, why not used), None without one."""
+        return None if self._graph is None else self._graph.info()
 
     # -- views ---------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -312,6 +345,8 @@ class CapsuleTrainer:
             self.images_seen = int(meta.get("images_seen", 0))
             self.events = list(meta.get("events", []))
             self._good = self._capture()
+            if self._graph is not None:
+                self._graph.drop()
 
     def save(self, path) -> Path:
         arrays, meta = self.state_dict()
@@ -319,13 +354,14 @@ class CapsuleTrainer:
 
     @classmethod
     def load(cls, path, train_images, valid_images=None, device="cpu",
-             sync_every: int | None = None) -> "CapsuleTrainer":
+             sync_every: int | None = None, graph: bool | None = None) -> "CapsuleTrainer":
         """A trainer restored from checkpoint ``path`` (its config, seed and optimizer), on
         ``device`` (a checkpoint is device-neutral; exact resume is promised on the CPU)."""
         arrays, meta = load_checkpoint(path)
         config = CapsuleConfig.from_dict(meta["config"])
         trainer = cls(config, train_images, valid_images, seed=meta["seed"],
-                      optimizer=meta.get("optimizer_name"), device=device, sync_every=sync_every)
+                      optimizer=meta.get("optimizer_name"), device=device, sync_every=sync_every,
+                      graph=graph)
         trainer.load_state_dict(arrays, meta)
         return trainer
 

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--host-random", action="store_true",
                    help="draw the CPU run's random numbers on the GPU too (same seed: same dropout, "
                         "manager noise and minibatch order as --device cpu; slower; fresh runs only)")
+    p.add_argument("--no-graph", dest="graph", action="store_false",
+                   help="GPU: issue every step's kernels from Python instead of replaying the step "
+                        "recorded as a CUDA graph (the default with the conservative optimizer)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1,
@@ -66,6 +69,7 @@ def run(args) -> int:
         summary = train_run(config, out, seed=args.seed, minutes=args.minutes, steps=args.steps,
                             optimizer=args.optimizer, resume=args.resume,
                             checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir,
-                            device=backend, host_random=args.host_random)
+                            device=backend, host_random=args.host_random,
+                            graph=None if args.graph else False)
     print(json.dumps(summary, indent=2))
     return 0

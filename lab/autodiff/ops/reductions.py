@@ -96,6 +96,31 @@ class Softmax(Function):
         return (y * (gy - (gy * y).sum(axis=self.axis, keepdims=True)),)
 
 
+#: Batched products with an inner dimension up to this go elementwise on the GPU.
+SMALL_INNER = 4
+
+
+def _gpu_route(a, b):
+    """How the GPU multiplies ``a @ b``: ``"gemm"`` (two float matrices of one dtype),
+    ``"small"`` (batched, inner dimension <= SMALL_INNER, e.g. the 3x3 pose products) or
+    None (CuPy's ``@``, which a CUDA graph cannot record)."""
+    if a.dtype != b.dtype or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        return None
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2] or a.size == 0 or b.size == 0:
+        return None                               # (CuPy's @ gives the shape errors)
+    if a.ndim == 2 and b.ndim == 2:
+        return "gemm"
+    if a.shape[-1] <= SMALL_INNER:
+        return "small"
+    return None
+
+
+def small_matmul(xp, a, b):
+    """``a @ b`` for (broadcast) batches of small matrices as one broadcast multiply and a
+    sum over the inner dimension: no BLAS call (numpy or CuPy; ``a``, ``b`` at least 2-D)."""
+    return (a[..., :, :, None] * b[..., None, :, :]).sum(axis=-2)
+
+
 class MatMul(Function):
     """Matrix product with numpy semantics (1-D operands, broadcast batch dims)."""
 
@@ -106,6 +131,32 @@ class MatMul(Function):
         self.a = a[None, :] if self.a_vec else a
         self.b = b[:, None] if self.b_vec else b
         return a @ b
+
+    def forward_gpu(self, xp, a, b):  # pragma: no cover - needs a GPU
+        """Products that a CUDA graph can record (CuPy's own cuBLAS calls refuse to run
+        during stream capture, see ``lab.gpu.cublas``): matrices by ``lab.gpu.cublas.gemm``,
+        batches of small matrices elementwise (:func:`small_matmul`)."""
+        self.route = _gpu_route(a, b)
+        if self.route is None:
+            return self.forward(xp, a, b)
+        self.a_vec = self.b_vec = False
+        if self.route == "small":
+            self.a, self.b = a, b
+            return small_matmul(xp, a, b)
+        from lab.gpu.cublas import gemm  # noqa: PLC0415
+        self.a, self.b = xp.ascontiguousarray(a), xp.ascontiguousarray(b)
+        return gemm("N", "N", self.a, self.b, xp.empty((a.shape[0], b.shape[1]), a.dtype))
+
+    def backward_gpu(self, xp, gy):  # pragma: no cover - needs a GPU
+        if self.route is None:
+            return self.backward(xp, gy)
+        a, b = self.a, self.b
+        if self.route == "small":
+            return small_matmul(xp, gy, xp.swapaxes(b, -1, -2)), small_matmul(xp, xp.swapaxes(a, -1, -2), gy)
+        from lab.gpu.cublas import gemm  # noqa: PLC0415
+        gy = xp.ascontiguousarray(gy, dtype=a.dtype)
+        return (gemm("N", "T", gy, b, xp.empty(a.shape, a.dtype)),
+                gemm("T", "N", a, gy, xp.empty(b.shape, b.dtype)))
 
     def backward(self, xp, gy):
         if self.a_vec and self.b_vec:  # inner product
@@ -193,6 +244,7 @@ def _matmul_cases(rng):
         (lambda a, b: matmul(a, b), [n((4,)), n((4, 3))]),            # vector @ matrix
         (lambda a, b: matmul(a, b), [n((2, 3, 4)), n((4,))]),         # batch @ vector
         (lambda a, b: matmul(a, b), [n((4,)), n((4,))]),              # inner product
+        (lambda a, b: matmul(a, b), [n((2, 3, 3, 3)), n((2, 1, 3, 3))]),  # poses (small, GPU)
     ]
 
 
