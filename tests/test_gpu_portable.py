@@ -314,3 +314,23 @@ def test_weight_decay_gpu_forward_matches_cpu(rng):
     gy = np.asarray(1.5, np.float32)
     for g_cpu, g_gpu in zip(cpu.backward(np, gy), gpu.backward(np, gy)):
         np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-6)
+
+
+def test_train_run_reports_the_graph_and_the_cli_can_turn_it_off(tmp_path):
+    from unittest import mock
+
+    from lab.capsules.run import train_run
+    from lab.cli import build_parser
+    x = _images()
+    data = {"train": (x[:48], None), "valid": (x[48:], None)}
+    with mock.patch("lab.capsules.run.load_data", return_value=data):
+        summary = train_run(_tiny(), tmp_path / "g", steps=12, progress=False, device=FAKE_GPU,
+                            graph=True, checkpoint_seconds=1e9)
+        eager = train_run(_tiny(), tmp_path / "e", steps=12, progress=False, device=FAKE_GPU,
+                          graph=False, checkpoint_seconds=1e9)
+    # 12 steps, checks at 10: steps 1-2 eager, 3 records, 4-9 and 11-12 replay
+    assert summary["cuda_graph"] == {"captures": 1, "replays": 8, "error": None}
+    assert "cuda_graph" not in eager and summary["valid_recon_nodropout"] == eager["valid_recon_nodropout"]
+    args = build_parser().parse_args(["train", "capsules", "--device", "gpu", "--no-graph"])
+    assert args.graph is False
+    assert build_parser().parse_args(["train", "capsules"]).graph is True
