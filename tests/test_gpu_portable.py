@@ -231,6 +231,22 @@ def test_a_rollback_drops_the_graph_and_records_again():
     assert graphed.graph_info()["captures"] == 2       # the cut step sizes are new constants
 
 
+def test_new_step_sizes_drop_the_graph_and_record_again():
+    """The step sizes are frozen into a recorded graph: changing them (here the alphas,
+    as a user could between steps) must lead to a new recording, not a stale replay."""
+    eager, graphed = _graph_pair(seed=3)
+    for step in range(1, 15):
+        if step == 7:
+            for tr in (eager, graphed):
+                tr.optimizer.alphas = tuple(a * 0.5 for a in tr.optimizer.alphas)
+        eager.step()
+        graphed.step()
+    _assert_same_run(eager, graphed)
+    # steps 1-2 eager, 3 records, 4 and 6 replay (5: a check); 7 drops the graph and runs
+    # eagerly with 8 (the averages' state is re-read), 9 records, 10 checks, 11-14 replay
+    assert graphed.graph_info() == {"captures": 2, "replays": 6, "error": None}
+
+
 def test_a_failed_recording_leaves_no_trace_and_the_trainer_steps_eagerly():
     """What a recording cached (device constants are written only when the graph runs)
     is forgotten, the counters are put back, the reason is kept, and the run goes on

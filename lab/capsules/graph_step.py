@@ -162,17 +162,20 @@ class CapturedStep:
         return (float(opt.step_scale), tuple(opt.alphas), repr(opt.overrides),
                 id(t.stream), id(t.stream._gen))
 
-    def _counting(self) -> bool:
-        """Will the optimizer's next step count its rules (a host read)?"""
-        opt = self.trainer.optimizer
-        every = int(getattr(opt, "record_every", 0) or 0)
-        return bool(every) and (opt.step_count + 1) % every == 0
+    def _counts_rules(self, step: int) -> bool:
+        """Does the optimizer's step number ``step`` count its rules (a host read)?"""
+        every = int(getattr(self.trainer.optimizer, "record_every", 0) or 0)
+        return bool(every) and step % every == 0
 
     def replayable(self) -> bool:
-        if self.error is not None or self._counting():
+        """May the coming step replay (recording first if there is no graph)? A graph
+        recorded under other step sizes or another random stream is dropped here."""
+        if self.error is not None or self._counts_rules(self.trainer.optimizer.step_count + 1):
             return False
         sig = self._signature()
-        return sig == self._sig if self.graph is not None else sig == self._warm
+        if self.graph is not None and sig != self._sig:
+            self.drop()
+        return sig == (self._sig if self.graph is not None else self._warm)
 
     def warmed(self) -> None:
         """After an eager step: a recording may follow if that step took the path it
@@ -182,9 +185,8 @@ class CapturedStep:
         if self.error is not None:
             return
         opt = self.trainer.optimizer
-        every = int(getattr(opt, "record_every", 0) or 0)
-        counted = bool(every) and opt.step_count % every == 0
-        self._warm = self._signature() if self._ready and not counted else None
+        fused = self._ready and not self._counts_rules(opt.step_count)
+        self._warm = self._signature() if fused else None
         self._ready = all(s.get("ready", 1) for s in opt.state.values())
 
     def drop(self) -> None:
@@ -192,14 +194,14 @@ class CapturedStep:
 
     # -- how ----------------------------------------------------------------------------
     def run(self, idx) -> bool:
+        """The step on rows ``idx``, after :meth:`replayable` said yes."""
         t = self.trainer
         xp = t.backend.xp
         if self.batch is None:
             self.batch = xp.empty((len(idx),) + t.train_images.shape[1:], dtype=t._train_dev.dtype)
         xp.take(t._train_dev, idx, axis=0, out=self.batch)
         recorded = False
-        if self.graph is None or self._sig != self._signature():
-            self.drop()
+        if self.graph is None:
             if not self._record():
                 return False
             if self.recorder.executes_while_recording:
@@ -211,13 +213,6 @@ class CapturedStep:
         self.replays += 0 if recorded else 1
         return True
 
-    def _step_fn(self):
-        t = self.trainer
-        t.optimizer.zero_grad()
-        loss, _, _ = t.model.loss(self.batch, train=True, stream=t.stream, sync=False)
-        loss.backward()
-        t.optimizer.step()
-
     def _record(self) -> bool:
         from lab.autodiff import tensor as _tensor  # noqa: PLC0415
         from lab.optim import conservative_gpu  # noqa: PLC0415
@@ -228,7 +223,7 @@ class CapturedStep:
         offset = t.model._offset_cache
         sig = self._signature()
         try:
-            graph, keep = self.recorder.record(self._step_fn)
+            graph, keep = self.recorder.record(lambda: t._update(self.batch))
         except Exception as exc:  # noqa: BLE001 - reported, and the trainer stays eager
             t.optimizer.step_count, t.stream._draws = before
             if not self.recorder.executes_while_recording:

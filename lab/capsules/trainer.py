@@ -193,11 +193,7 @@ class CapsuleTrainer:
             if graph is not None and not checking and graph.replayable() and graph.run(idx):
                 loss = None                              # replayed (lab.capsules.graph_step)
             else:
-                batch = self._batch(idx)
-                self.optimizer.zero_grad()
-                loss, terms, out = self.model.loss(batch, train=True, stream=self.stream, sync=False)
-                loss.backward()
-                self.optimizer.step()
+                loss, terms, out = self._update(self._batch(idx))
                 if graph is not None:
                     graph.warmed()
             self.step_count += 1
@@ -216,6 +212,15 @@ class CapsuleTrainer:
                 if len(self.history) > 10000:
                     del self.history[:5000]
             return metrics
+
+    def _update(self, batch):
+        """One update without host reads (the deferred step; what a CUDA graph records):
+        ``(loss, terms, out)`` as ``model.loss(..., sync=False)`` returns them."""
+        self.optimizer.zero_grad()
+        loss, terms, out = self.model.loss(batch, train=True, stream=self.stream, sync=False)
+        loss.backward()
+        self.optimizer.step()
+        return loss, terms, out
 
     def _check(self, loss, terms, out) -> dict:
         """One host read: loss terms and parameter finiteness; rollback or good state."""
