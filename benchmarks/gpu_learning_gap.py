@@ -20,6 +20,10 @@ random numbers matter (a generator or a distribution bug); both off it means ari
 both on it means session 3's run was its code of the time, or chance. Session 6 (H200):
 all on it, within the spread of CPU seeds (``benchmarks/results/gpu_learning_gap_h200.json``).
 
+Past 10,000 steps a 2-minute CUDA-graph run got worse (``capsules_runs_gpu.json``). Whether
+the eager path does the same is the next question, answered in about 6 device minutes by
+``--steps 15000 --runs graph,eager --follow-steps 0 --name gpu_long`` (eager: ~18 ms/step).
+
     python benchmarks/gpu_learning_gap.py [--steps 1400] [--runs graph,eager,host] [--out DIR]
     python benchmarks/gpu_learning_gap.py --cpu-dry-run   # numpy standing in for CuPy
 
