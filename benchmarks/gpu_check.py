@@ -577,6 +577,17 @@ def section_train(ctx, res):
              images_per_s=ctx.cpu_train_steps * B / dt, steps=ctx.cpu_train_steps)
 
 
+def _trainer_inputs(ctx):
+    """``(config name, config, images, their source, backend)`` of the trainer sections:
+    ctx's config, MNIST (or stand-in images) and the GPU (numpy standing in, dry run)."""
+    from lab.backend import Backend, get_backend  # noqa: PLC0415
+    from lab.capsules import get_config  # noqa: PLC0415
+    name, overrides = ctx.train_config
+    cfg = get_config(name, **overrides)
+    images, source = mnist_or_stand_in(max(4 * cfg.batch_size, ctx.train_images), seed=1)
+    return name, cfg, images, source, Backend("gpu", np) if ctx.dry else get_backend("gpu")
+
+
 def _flat_params(trainer) -> np.ndarray:
     from lab.backend import to_numpy  # noqa: PLC0415
     ps = trainer.model.params
@@ -594,13 +605,8 @@ def section_train_follow(ctx, res):
     the GPU's drift stays within 10x the control's (or 1e-4) over the first steps, where
     an arithmetic bug of the GPU's training mode would show. Every step's losses and
     drifts are kept in the JSON."""
-    from lab.backend import Backend, get_backend  # noqa: PLC0415
-    from lab.capsules import get_config  # noqa: PLC0415
     from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
-    name, overrides = ctx.train_config
-    cfg = get_config(name, **overrides)
-    images, source = mnist_or_stand_in(max(4 * cfg.batch_size, ctx.train_images), seed=1)
-    backend = Backend("gpu", np) if ctx.dry else get_backend("gpu")
+    name, cfg, images, source, backend = _trainer_inputs(ctx)
     cpu = CapsuleTrainer(cfg, images, None, seed=0)
     control = CapsuleTrainer(cfg, images, None, seed=0)
     rng = np.random.default_rng(0)
@@ -632,13 +638,8 @@ def section_train_graph(ctx, res):
     reorder); the replaying run must stay within 10x of it (or 1e-5) in its parameter
     change, and must have recorded once and replayed the other steps. Random numbers
     repeated by the replays, or a stale constant, would show at once."""
-    from lab.backend import Backend, get_backend  # noqa: PLC0415
-    from lab.capsules import get_config  # noqa: PLC0415
     from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
-    name, overrides = ctx.train_config
-    cfg = get_config(name, **overrides)
-    images, source = mnist_or_stand_in(max(4 * cfg.batch_size, ctx.train_images), seed=1)
-    backend = Backend("gpu", np) if ctx.dry else get_backend("gpu")
+    name, cfg, images, source, backend = _trainer_inputs(ctx)
     eager, again, graphed = (CapsuleTrainer(cfg, images, None, seed=0, device=backend, graph=g,
                                             optimizer="conservative") for g in (False, False, True))
     start = _flat_params(eager)

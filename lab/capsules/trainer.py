@@ -103,9 +103,10 @@ class CapsuleTrainer:
         # with CuPy and the conservative optimizer
         self._graph = None
         if graph or (graph is None and self.backend.xp.__name__ == "cupy"):
-            from lab.capsules.graph_step import CapturedStep, unsupported  # noqa: PLC0415
-            if graph or unsupported(self) is None:
-                self._graph = CapturedStep(self)
+            from lab.capsules.graph_step import CapturedStep  # noqa: PLC0415
+            captured = CapturedStep(self)               # .error: why it cannot record, if so
+            if graph or captured.error is None:
+                self._graph = captured
 
     def use_host_random(self) -> None:
         """Draw the CPU's random numbers on this trainer's device
