@@ -594,6 +594,30 @@ def _flat_params(trainer) -> np.ndarray:
     return np.concatenate([to_numpy(ps[k].data).ravel() for k in sorted(ps)]).astype(np.float64)
 
 
+def perturbed(trainer, rel: float = 1e-7):
+    """``trainer`` with every parameter scaled by ``1 + rel * N(0, 1)`` (seed 0): float32
+    rounding's worth of difference, the control of the follow checks."""
+    rng = np.random.default_rng(0)
+    for p in trainer.model.params.values():
+        p.data *= (1 + rel * rng.standard_normal(p.data.shape)).astype(p.data.dtype)
+    return trainer
+
+
+def follow_rows(cpu, control, dev, steps: int) -> list[dict]:
+    """Step three trainers that draw the same random numbers: per step the losses and the
+    drift of the device's and the control's parameter change from the CPU's."""
+    start = _flat_params(cpu)
+    rows = []
+    for step in range(1, steps + 1):
+        loss_cpu, loss_control = cpu.step()["loss"], control.step()["loss"]
+        loss_gpu = dev.step().get("loss", float("nan"))     # the GPU's loss only on its check steps
+        b = _flat_params(cpu) - start
+        rows.append(dict(step=step, loss_cpu=float(loss_cpu), loss_control=float(loss_control),
+                         loss_gpu=float(loss_gpu), drift_gpu=rel_err(_flat_params(dev) - start, b),
+                         drift_control=rel_err(_flat_params(control) - start, b)))
+    return rows
+
+
 def section_train_follow(ctx, res):
     """The GPU trainer against the CPU trainer, step for step: both draw the CPU's random
     numbers (``lab.backend.HostRandomStream``: same dropout masks, manager noise and
@@ -608,21 +632,10 @@ def section_train_follow(ctx, res):
     from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
     name, cfg, images, source, backend = _trainer_inputs(ctx)
     cpu = CapsuleTrainer(cfg, images, None, seed=0)
-    control = CapsuleTrainer(cfg, images, None, seed=0)
-    rng = np.random.default_rng(0)
-    for p in control.model.params.values():
-        p.data *= (1 + 1e-7 * rng.standard_normal(p.data.shape)).astype(p.data.dtype)
+    control = perturbed(CapsuleTrainer(cfg, images, None, seed=0))
     dev = CapsuleTrainer(cfg, images, None, seed=0, device=backend, sync_every=ctx.follow_sync_every)
     dev.use_host_random()
-    start = _flat_params(cpu)
-    rows = []
-    for step in range(1, ctx.follow_steps + 1):
-        loss_cpu, loss_control = cpu.step()["loss"], control.step()["loss"]
-        loss_gpu = dev.step().get("loss", float("nan"))     # the GPU's loss only on its check steps
-        b = _flat_params(cpu) - start
-        rows.append(dict(step=step, loss_cpu=float(loss_cpu), loss_control=float(loss_control),
-                         loss_gpu=float(loss_gpu), drift_gpu=rel_err(_flat_params(dev) - start, b),
-                         drift_control=rel_err(_flat_params(control) - start, b)))
+    rows = follow_rows(cpu, control, dev, ctx.follow_steps)
     first = rows[:3]
     record(res, "train_follow", f"gpu_drift_first_{len(first)}_steps_within_10x_control",
            max(r["drift_gpu"] for r in first), max(1e-4, 10 * max(r["drift_control"] for r in first)))

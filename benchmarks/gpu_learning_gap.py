@@ -20,8 +20,13 @@ random numbers matter (a generator or a distribution bug); both off it means ari
 both on it means session 3's run was its code of the time, or chance. Session 6 (H200):
 all on it, within the spread of CPU seeds (``benchmarks/results/gpu_learning_gap_h200.json``).
 
+3. ``late_follow`` (``--late-follow-steps``, default 20; 0 skips): step 1's comparison again,
+   from the first run's last state: GPU and CPU trainers restored from its final checkpoint,
+   drawing the same numbers, and the held-out error of those parameters on each device.
+
 Past 10,000 steps a 2-minute CUDA-graph run got worse (``capsules_runs_gpu.json``). Whether
-the eager path does the same is the next question, answered in about 6 device minutes by
+the eager path does the same, and whether the GPU path still computes what the CPU path does
+that late, is the next question, answered in about 7 device minutes by
 ``--steps 15000 --runs graph,eager --follow-steps 0 --name gpu_long`` (eager: ~18 ms/step).
 
     python benchmarks/gpu_learning_gap.py [--steps 1400] [--runs graph,eager,host] [--out DIR]
@@ -80,28 +85,71 @@ def follow(dry: bool, steps: int) -> dict:
 RUNS = {"graph": (False, None), "eager": (False, False), "host": (True, False)}
 
 
-def run_curve(config, steps: int, host_random: bool, backend, graph=None) -> dict:
+def run_curve(config, steps: int, host_random: bool, backend, graph=None, late_follow_steps: int = 0) -> dict:
+    """One GPU run from seed 0: held-out error every ``config.eval_every`` steps, the
+    training loss and the mixture's decisiveness every 500 (at check steps), and, with
+    ``late_follow_steps``, :func:`late_follow` from its last state."""
     from lab.capsules.run import train_run  # noqa: PLC0415
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         summary = train_run(config, tmp, seed=0, steps=steps, progress=False, device=backend,
                             host_random=host_random, checkpoint_seconds=1e9, graph=graph)
         seconds = time.perf_counter() - t0
-        curve = {}
+        curve, train = {}, {}
         with open(Path(tmp) / "metrics.jsonl") as f:
             for line in f:
                 m = json.loads(line)
                 if "valid_recon_nodropout" in m:
                     curve[int(m["step"])] = m["valid_recon_nodropout"]
-    return {"host_random": host_random, "steps": steps, "seconds": round(seconds, 1),
-            "rollbacks": summary.get("rollbacks"), "cuda_graph": summary.get("cuda_graph"),
-            "curve": curve}
+                if "loss" in m and int(m["step"]) % 500 == 0:
+                    train[int(m["step"])] = {k: m[k] for k in ("loss", "mixture_max_y", "mixture_used")
+                                             if k in m}
+        out = {"host_random": host_random, "steps": steps, "seconds": round(seconds, 1),
+               "rollbacks": summary.get("rollbacks"), "cuda_graph": summary.get("cuda_graph"),
+               "curve": curve, "train_every_500": train}
+        if late_follow_steps:
+            out["late_follow"] = late_follow(Path(tmp) / "final.npz", config, backend, late_follow_steps)
+    return out
+
+
+def late_follow(ckpt, config, backend, steps: int, seed: int = 1234) -> dict:
+    """``train_follow`` from a run's last state: the GPU trainer (eager, a host read every
+    step) and two CPU trainers, one perturbed by a relative 1e-7, all restored from
+    ``ckpt`` and drawing ``HostRandomStream(seed)``; plus the held-out error of the
+    restored parameters on each device. Does the GPU path still compute what the CPU path
+    does late in a run (the decisive mixture, the grown poses), or only early on?"""
+    import gpu_check  # noqa: PLC0415
+    from lab.capsules.run import load_data  # noqa: PLC0415
+    from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
+    data = load_data(config, None)
+    train, valid = data["train"][0], data["valid"][0]
+    cpu, control = (CapsuleTrainer.load(ckpt, train, valid, device="cpu") for _ in range(2))
+    gpu_check.perturbed(control)
+    dev = CapsuleTrainer.load(ckpt, train, valid, device=backend, sync_every=1, graph=False)
+    valid_cpu, valid_gpu = cpu.evaluate(), dev.evaluate()
+    for tr in (cpu, control, dev):
+        tr.use_host_random(seed)
+    rows = gpu_check.follow_rows(cpu, control, dev, steps)
+    first = rows[:3]
+    out = {"from_step": cpu.step_count - steps, "valid_recon_nodropout_cpu": valid_cpu,
+           "valid_recon_nodropout_gpu": valid_gpu,
+           "valid_rel_diff": abs(valid_gpu - valid_cpu) / max(abs(valid_cpu), 1e-30),
+           "drift_gpu_first_3": max(r["drift_gpu"] for r in first),
+           "drift_control_first_3": max(r["drift_control"] for r in first), "rows": rows}
+    out["ok"] = bool(out["valid_rel_diff"] <= 1e-4 and
+                     out["drift_gpu_first_3"] <= max(1e-4, 10 * out["drift_control_first_3"]))
+    print(f"  late follow from step {out['from_step']}: held-out cpu {valid_cpu:.6f} gpu {valid_gpu:.6f}; "
+          f"drift over 3 steps gpu {out['drift_gpu_first_3']:.2e} control "
+          f"{out['drift_control_first_3']:.2e} -> {'ok' if out['ok'] else 'DIFFERENT'}", flush=True)
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--follow-steps", type=int, default=20)
+    ap.add_argument("--late-follow-steps", type=int, default=20,
+                    help="steps of late_follow from the first run's last state (0: skip)")
     ap.add_argument("--runs", default="graph,eager,host", help="comma-separated: " + ", ".join(RUNS))
     ap.add_argument("--name", default="gpu_learning_gap", help="the JSON file's name (no suffix)")
     ap.add_argument("--out", type=Path, default=None)
@@ -137,11 +185,12 @@ def main(argv=None) -> int:
         print("1. step by step against the CPU", flush=True)
         result["train_follow"] = follow(dry, 10 if dry else args.follow_steps)
         write()
-    for run in runs:
+    for i, run in enumerate(runs):
         host_random, graph = RUNS[run]
         name = f"gpu_{run}"
         print(f"2. {name}: {steps} steps", flush=True)
-        result[name] = run_curve(config, steps, host_random, backend, graph)
+        late = 0 if i or not args.late_follow_steps else (4 if dry else args.late_follow_steps)
+        result[name] = run_curve(config, steps, host_random, backend, graph, late)
         write()
     cpu = result["cpu_curves"]
     rows = sorted({s for run in runs for s in result[f"gpu_{run}"]["curve"]})

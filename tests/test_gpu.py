@@ -39,6 +39,11 @@ def test_gpu_learning_gap_dry_run(tmp_path, capsys):
     for run in ("gpu_graph", "gpu_eager", "gpu_host"):
         assert sorted(res[run]["curve"]) == ["2", "4", "6"]
     np.testing.assert_equal(res["gpu_graph"]["curve"], res["gpu_eager"]["curve"])
+    late = res["gpu_graph"]["late_follow"]          # from the first run's last state
+    assert late["ok"] and late["from_step"] == 6 and late["valid_rel_diff"] == 0
+    assert [r["drift_gpu"] for r in late["rows"]] == [0.0] * 4
+    assert all(r["drift_control"] > 0 for r in late["rows"])
+    assert "late_follow" not in res["gpu_eager"]
     assert any(k.startswith("mnist-thesis") for k in res["cpu_curves"])
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("wrote ")
 

@@ -176,6 +176,31 @@ def test_host_random_stream_makes_the_gpu_branch_follow_the_cpu_run():
     assert dev.stream.get_state()["pcg64"] == cpu.stream.get_state()["pcg64"]
 
 
+def test_trainers_restored_from_one_checkpoint_follow_each_other_with_one_host_seed(tmp_path):
+    """``use_host_random(seed)`` after ``load``: the comparison late in a run
+    (benchmarks/gpu_learning_gap.late_follow) starts both devices from one state."""
+    from lab.backend import to_numpy
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images()[:48]
+    run = CapsuleTrainer(_tiny(), x, None, seed=2, device=FAKE_GPU, sync_every=3)
+    for _ in range(7):
+        run.step()
+    path = run.save(tmp_path / "late.npz")
+    cpu = CapsuleTrainer.load(path, x, device="cpu")
+    dev = CapsuleTrainer.load(path, x, device=FAKE_GPU, sync_every=3)
+    with pytest.raises(RuntimeError, match="given a seed"):
+        dev.use_host_random()
+    for tr in (cpu, dev):
+        tr.use_host_random(11)
+        assert tr.step_count == 7
+    for _ in range(9):
+        cpu.step()
+        dev.step()
+    for k, p in cpu.model.params.items():
+        np.testing.assert_array_equal(to_numpy(dev.model.params[k].data), p.data, err_msg=k)
+    assert any(not np.array_equal(p.data, run.model.params[k].data) for k, p in cpu.model.params.items())
+
+
 # -- the GPU step as a CUDA graph (lab.capsules.graph_step), with the CPU stand-in -------------
 def _graph_pair(seed=6, sync_every=5, **kwargs):
     """The same trainer twice on the fake GPU: eager, and replaying a recorded step

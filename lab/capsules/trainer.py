@@ -108,17 +108,23 @@ class CapsuleTrainer:
             if graph or captured.error is None:
                 self._graph = captured
 
-    def use_host_random(self) -> None:
+    def use_host_random(self, seed: int | None = None) -> None:
         """Draw the CPU's random numbers on this trainer's device
         (``lab.backend.HostRandomStream``): a GPU run then gets the dropout masks, manager
         noise and minibatch order of the CPU run with the same seed, so the two can be
-        compared step for step. Slower; only before the first step."""
-        if self.step_count:
-            raise RuntimeError("use_host_random() must be called before the first step")
-        self.stream = HostRandomStream(self.seed + 1, self.backend)
-        self._order = self.stream.permutation(len(self.train_images))
-        self._pos = 0
-        self._order_dev = None
+        compared step for step. Slower. Without ``seed``: only before the first step (the
+        stream and minibatch order of a fresh CPU run). With ``seed``: at any step, e.g.
+        right after ``load``: the stream ``HostRandomStream(seed)`` from here on, the
+        minibatch order left as it is, so trainers restored from one checkpoint and given
+        one seed draw the same numbers (a comparison late in a run)."""
+        if seed is None and self.step_count:
+            raise RuntimeError("use_host_random() must be called before the first step "
+                               "(or given a seed)")
+        self.stream = HostRandomStream(self.seed + 1 if seed is None else int(seed), self.backend)
+        if seed is None:
+            self._order = self.stream.permutation(len(self.train_images))
+            self._pos = 0
+            self._order_dev = None
         self._good = self._capture()
         if self._graph is not None:
             from lab.capsules.graph_step import unsupported  # noqa: PLC0415
