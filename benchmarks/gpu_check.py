@@ -24,8 +24,9 @@ train     the capsule training step: mnist-thesis (MNIST from a local copy, else
 rbm_estimator  BinaryRBM(500, fpcd, device="gpu") with the fused update: graph replay vs
           eager launches, finite parameters, updates/s beside the CPU estimator (~10 s)
 train_graph    14 mnist-thesis steps replayed as a CUDA graph beside two eager runs from
-          the same seed: recorded once, replayed between checks, and no further from the
-          eager run than the eager runs are from each other (10x)
+          the same seed: no further from the eager run than the eager runs are from
+          each other (10x), in the parameters and in the loss a check reads; then on to
+          step 104: recorded once, every step but the rule-counting one (100) replayed
 train_follow   20 mnist-thesis training steps on the GPU and on the CPU with the same
           random numbers (lab.backend.HostRandomStream): the GPU drifts from the CPU run
           no faster than a CPU run started 1e-7 off (~20 s)
@@ -545,7 +546,7 @@ def section_train(ctx, res):
         lt.backward()
         record(res, "train", "train_mode_loss_finite", 0.0 if np.isfinite(float(lt.item())) else 1.0, 0.5)
         # timed training steps on the device: every launch from Python ("eager"), and the
-        # steps between checks replayed as one CUDA graph (lab.capsules.graph_step, default)
+        # steps replayed as one CUDA graph (lab.capsules.graph_step, default)
         for who, graph in (("ours_gpu_eager", False), ("ours_gpu", None)):
             tr = CapsuleTrainer(cfg, images, None, seed=0, device=gpu_backend, graph=graph)
             for _ in range(tr.sync_every):
@@ -646,32 +647,51 @@ def section_train_follow(ctx, res):
 def section_train_graph(ctx, res):
     """The step replayed as a CUDA graph (``lab.capsules.graph_step``) against eager steps
     on the device: three trainers from one seed with the device's random numbers, two
-    eager and one replaying between its checks (every 10 steps). The two eager runs show
-    the device's own run-to-run drift (atomic additions make it non-zero where they
-    reorder); the replaying run must stay within 10x of it (or 1e-5) in its parameter
-    change, and must have recorded once and replayed the other steps. Random numbers
-    repeated by the replays, or a stale constant, would show at once."""
+    eager and one replaying every step but the optimizer's rule-counting ones (checks
+    included: they read the replayed step's outputs). The two eager runs show the
+    device's own run-to-run drift (atomic additions make it non-zero where they
+    reorder); over the first ``graph_steps`` the replaying run must stay within 10x of it
+    (or 1e-5) in its parameter change and in the loss its check reads. Then the replaying
+    and one eager run go on past the first counting step (``record_every``): one
+    recording, every other step replayed, and the counted rule fractions at that check.
+    Random numbers repeated by the replays, a stale constant or a stale output would show."""
     from lab.capsules.trainer import CapsuleTrainer  # noqa: PLC0415
     name, cfg, images, source, backend = _trainer_inputs(ctx)
     eager, again, graphed = (CapsuleTrainer(cfg, images, None, seed=0, device=backend, graph=g,
                                             optimizer="conservative") for g in (False, False, True))
     start = _flat_params(eager)
-    rows = []
+    rows, checks = [], []
     for step in range(1, ctx.graph_steps + 1):
-        for tr in (eager, again, graphed):
-            tr.step()
+        ms = [tr.step() for tr in (eager, again, graphed)]
         b = _flat_params(eager) - start
         rows.append(dict(step=step, drift_graph=rel_err(_flat_params(graphed) - start, b),
                          drift_eager=rel_err(_flat_params(again) - start, b)))
-    info = graphed.graph_info()
-    # eager: step 1 (sets the optimizer's averages), step 2 (warms the fused path) and the
-    # checks; step 3 records and runs; the rest replay
-    replays = ctx.graph_steps - 3 - ctx.graph_steps // graphed.sync_every
-    record(res, "train_graph", "recorded_once_and_replayed",
-           0.0 if info == {"captures": 1, "replays": replays, "error": None} else 1.0, 0.5)
+        if "loss" in ms[0]:
+            checks.append(dict(step=step, loss=[m["loss"] for m in ms]))
     record(res, "train_graph", "drift_within_10x_eager_vs_eager",
            max(r["drift_graph"] for r in rows), max(1e-5, 10 * max(r["drift_eager"] for r in rows)))
-    res.setdefault("info", {})["train_graph"] = dict(config=name, data=source, graph=info, rows=rows)
+    for c in checks:
+        le, la, lg = c["loss"]
+        record(res, "train_graph", f"check_loss_step_{c['step']}_within_10x_eager_vs_eager",
+               abs(lg - le) / abs(le), max(1e-5, 10 * abs(la - le) / abs(le)))
+    # on past the first rule-counting step: eager (step 1, step 2 that warms the fused
+    # path, the counting steps), step 3 records and runs, the rest replay
+    counting = graphed.optimizer.record_every
+    steps = counting + 4
+    counted = {}
+    for step in range(ctx.graph_steps + 1, steps + 1):
+        for who, tr in (("eager", eager), ("graph", graphed)):
+            m = tr.step()
+            if step == counting:
+                counted[who] = {k: v for k, v in m.items() if k.startswith("rule_")}
+    info = graphed.graph_info()
+    record(res, "train_graph", "recorded_once_and_replayed",
+           0.0 if info == {"captures": 1, "replays": steps - 3 - steps // counting, "error": None} else 1.0, 0.5)
+    fr = [sum(counted.get(who, {}).values()) for who in ("eager", "graph")]
+    record(res, "train_graph", "rule_fractions_counted_at_the_counting_check",
+           max(abs(f - 1.0) for f in fr), 1e-6)
+    res.setdefault("info", {})["train_graph"] = dict(config=name, data=source, graph=info, rows=rows,
+                                                     checks=checks, steps=steps, rule_fractions=counted)
 
 
 def section_rbm_estimator(ctx, res):

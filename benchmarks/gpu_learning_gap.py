@@ -11,7 +11,7 @@ script answers it in one device call of a few minutes:
    skips it.
 2. GPU runs of ``--steps`` (default 1,400) from seed 0 with a held-out evaluation every
    200 steps, printed beside the CPU curves of seeds 0 and 1. ``--runs`` picks them:
-   ``graph`` (the device's random numbers, the steps between checks replayed as a CUDA
+   ``graph`` (the device's random numbers, every step but the rule-counting ones replayed as a CUDA
    graph: the default trainer), ``eager`` (the same, every launch from Python) and
    ``host`` (the CPU run's random numbers, ``--host-random``).
 

@@ -86,14 +86,15 @@ def test_deferred_steps_report_at_checks_and_learn():
     x = _images()
     tr = CapsuleTrainer(_tiny(), x[:48], x[48:], seed=0, device=FAKE_GPU)
     assert tr.sync_every == 10 and tr._train_dev is not None
-    assert tr.optimizer.record_every == 10
-    ms = [tr.step() for _ in range(40)]
+    assert tr.optimizer.record_every == 100              # rule counts: every 10th check
+    ms = [tr.step() for _ in range(100)]
     checks = [m for m in ms if "loss" in m]
-    assert [m["step"] for m in checks] == [10, 20, 30, 40]
+    assert [m["step"] for m in checks] == list(range(10, 101, 10))
     for m in checks:
-        for key in ("recon", "recon_per_pixel", "weight_decay", "mixture_max_y", "rule_rule3"):
+        for key in ("recon", "recon_per_pixel", "weight_decay", "mixture_max_y"):
             assert key in m, key
         assert np.isfinite(m["loss"])
+        assert ("rule_rule3" in m) == (m["step"] == 100), m["step"]   # only freshly counted
     assert "loss" not in ms[0] and ms[0]["images"] == 16
     assert all("loss" in m or "valid_recon_nodropout" in m for m in tr.history)
     assert checks[-1]["recon"] < checks[0]["recon"]
@@ -227,19 +228,24 @@ def _assert_same_run(a, b):
 
 
 def test_replayed_steps_equal_the_eager_run():
-    """Record once after an eager step that took the recorded path, replay between checks
-    (not on checks, not on the optimizer's counting steps), keep the step and draw
-    counters: bit for bit the eager run, metrics included."""
+    """Record once after an eager step that took the recorded path, replay every step but
+    the optimizer's counting ones (checks too: they read the replayed step's outputs),
+    keep the step and draw counters: bit for bit the eager run, metrics included."""
     eager, graphed = _graph_pair()
-    for _ in range(23):
+    assert graphed.optimizer.record_every == 50         # every 10th check (sync_every 5)
+    checks = []
+    for _ in range(55):
         ma, mb = eager.step(), graphed.step()
         assert {k: v for k, v in ma.items() if k != "seconds"} == \
             {k: v for k, v in mb.items() if k != "seconds"}
+        if "loss" in mb:
+            checks.append((mb["step"], "rule_rule3" in mb))
+    assert checks == [(s, s == 50) for s in range(5, 56, 5)]
     _assert_same_run(eager, graphed)
     info = graphed.graph_info()
     # step 1 sets the optimizer's averages, step 2 takes the fused path, step 3 records;
-    # checks (5, 10, 15, 20) run eagerly: 23 - 3 - 4 replays
-    assert info == {"captures": 1, "replays": 16, "error": None}
+    # step 50 counts the rules eagerly: 55 - 3 - 1 replays
+    assert info == {"captures": 1, "replays": 51, "error": None}
 
 
 def test_a_rollback_drops_the_graph_and_records_again():
@@ -267,9 +273,9 @@ def test_new_step_sizes_drop_the_graph_and_record_again():
         eager.step()
         graphed.step()
     _assert_same_run(eager, graphed)
-    # steps 1-2 eager, 3 records, 4 and 6 replay (5: a check); 7 drops the graph and runs
-    # eagerly with 8 (the averages' state is re-read), 9 records, 10 checks, 11-14 replay
-    assert graphed.graph_info() == {"captures": 2, "replays": 6, "error": None}
+    # steps 1-2 eager, 3 records, 4-6 replay; 7 drops the graph and runs eagerly with 8
+    # (the averages' state is re-read), 9 records, 10-14 replay
+    assert graphed.graph_info() == {"captures": 2, "replays": 8, "error": None}
 
 
 def test_a_failed_recording_leaves_no_trace_and_the_trainer_steps_eagerly():
@@ -369,8 +375,8 @@ def test_train_run_reports_the_graph_and_the_cli_can_turn_it_off(tmp_path):
                             graph=True, checkpoint_seconds=1e9)
         eager = train_run(_tiny(), tmp_path / "e", steps=12, progress=False, device=FAKE_GPU,
                           graph=False, checkpoint_seconds=1e9)
-    # 12 steps, checks at 10: steps 1-2 eager, 3 records, 4-9 and 11-12 replay
-    assert summary["cuda_graph"] == {"captures": 1, "replays": 8, "error": None}
+    # 12 steps: steps 1-2 eager, 3 records, 4-12 replay (the check at 10 too)
+    assert summary["cuda_graph"] == {"captures": 1, "replays": 9, "error": None}
     assert "cuda_graph" not in eager and summary["valid_recon_nodropout"] == eager["valid_recon_nodropout"]
     args = build_parser().parse_args(["train", "capsules", "--device", "gpu", "--no-graph"])
     assert args.graph is False

@@ -120,6 +120,27 @@ def test_capsule_trainer_on_the_gpu_trains_and_checkpoints(tmp_path):
     assert np.isfinite(back.step()["loss"])
 
 
+def test_capsule_trainer_graph_replays_its_checks_and_counts_rules_eagerly():
+    """The recorded step replays on checks too (they read its outputs); only the
+    optimizer's rule-counting step (every 10th check) runs eagerly."""
+    from lab.capsules.trainer import CapsuleTrainer
+    x = _images(96)
+    eager, graphed = (CapsuleTrainer(_tiny_capsules(), x[:80], None, seed=0, device="gpu",
+                                     sync_every=5, graph=g) for g in (False, True))
+    checks = {"eager": [], "graph": []}
+    for _ in range(55):
+        for who, tr in (("eager", eager), ("graph", graphed)):
+            m = tr.step()
+            if "loss" in m:
+                checks[who].append((m["step"], m["loss"], "rule_rule3" in m))
+    assert graphed.graph_info() == {"captures": 1, "replays": 51, "error": None}
+    for (se, le, re), (sg, lg, rg) in zip(checks["eager"], checks["graph"]):
+        assert se == sg and re == rg == (se == 50)
+        assert np.isfinite(lg)
+    for (_, le, _), (_, lg, _) in list(zip(checks["eager"], checks["graph"]))[:2]:
+        assert lg == pytest.approx(le, rel=1e-3)            # the replayed check's own loss
+
+
 def test_rbm_ais_on_the_gpu_brackets_exact_log_z():
     """BinaryRBM(device="gpu").log_partition("ais") takes the batched, graph-replayed AIS
     (lab.undirected.gpu_update) and its interval holds the exact value."""

@@ -29,10 +29,13 @@ What a replay needs, and how it gets it:
   and no host->device copy: an upload while recording is reported in :attr:`error`,
   and the trainer then stays eager.
 
-Steps that check (host reads) or count the optimizer's rules run eagerly. So do the
-steps after a start or a change until one has taken the path the graph records, which
-compiles and caches everything the recording would otherwise upload (the first step
-sets the optimizer's averages, the second takes its fused kernel, the third records).
+A check (host reads of the loss terms, finiteness and the mixture) replays too and reads
+:attr:`CapturedStep.outputs`, the recorded step's ``(loss, terms, out)``, which each replay
+overwrites in place. Steps that count the optimizer's rules (a host read inside the
+step) run eagerly. So do the steps after a start or a change until one has taken the
+path the graph records, which compiles and caches everything the recording would
+otherwise upload (the first step sets the optimizer's averages, the second takes its
+fused kernel, the third records).
 A replay does the Python bookkeeping of the step it stands for: the optimizer's step
 count and the random stream's draw count.
 
@@ -135,8 +138,9 @@ class CapturedStep:
     """``CapturedStep(trainer)``: the trainer's non-checking GPU step as a CUDA graph.
 
     ``run(idx)`` does one step on the training images ``idx`` (device indices) by replay,
-    recording first where needed; it returns False (step not done, :attr:`error` says
-    why) when recording failed, and the trainer then steps eagerly for good.
+    recording first where needed, and leaves its ``(loss, terms, out)`` in :attr:`outputs`;
+    it returns False (step not done, :attr:`error` says why) when recording failed, and
+    the trainer then steps eagerly for good.
     ``replayable()`` says whether the coming step may be replayed; ``warmed()`` is called
     after each eager step; ``drop()`` forgets the graph.
     """
@@ -155,6 +159,7 @@ class CapturedStep:
         self._keep = ()
         self._draws = 0
         self.batch = None
+        self.outputs = None         # the recorded step's (loss, terms, out): in the graph's memory
 
     # -- when ---------------------------------------------------------------------------
     def _signature(self):
@@ -191,6 +196,7 @@ class CapturedStep:
 
     def drop(self) -> None:
         self.graph, self._sig, self._warm, self._keep, self._ready = None, None, None, (), False
+        self.outputs = None
 
     # -- how ----------------------------------------------------------------------------
     def run(self, idx) -> bool:
@@ -213,6 +219,10 @@ class CapturedStep:
         self.replays += 0 if recorded else 1
         return True
 
+    def _step(self) -> None:
+        """What is recorded (the stand-in runs it again per replay)."""
+        self.outputs = self.trainer._update(self.batch)
+
     def _record(self) -> bool:
         from lab.autodiff import tensor as _tensor  # noqa: PLC0415
         from lab.optim import conservative_gpu  # noqa: PLC0415
@@ -223,7 +233,7 @@ class CapturedStep:
         offset = t.model._offset_cache
         sig = self._signature()
         try:
-            graph, keep = self.recorder.record(lambda: t._update(self.batch))
+            graph, keep = self.recorder.record(self._step)
         except Exception as exc:  # noqa: BLE001 - reported, and the trainer stays eager
             t.optimizer.step_count, t.stream._draws = before
             if not self.recorder.executes_while_recording:

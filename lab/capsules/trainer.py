@@ -19,12 +19,13 @@ Device (``device="gpu"``, or a ``lab.backend.Backend``): the model, the optimize
 the random stream and the training images live on the GPU, and a minibatch is gathered
 there. Reading a number back from the GPU waits for all queued work, so there the step
 only *checks* every ``sync_every`` steps (default 10): on those steps it reads the loss
-terms, parameter finiteness, mixture statistics and rule fractions in one transfer and
-returns the full metrics; the steps between return only counters and timing (and are not
-added to ``history``). A non-finite loss or parameter found at a check rolls back to the
+terms, parameter finiteness and mixture statistics in one transfer and returns the full
+metrics (every ``RULE_COUNT_CHECKS``-th check also the optimizer's rule fractions); the
+steps between return only counters and timing (and are not added to ``history``). A non-finite loss or parameter found at a check rolls back to the
 last good state, which is only taken at a check that found everything finite (so it is at
-most ``sync_every - 1`` updates older than on the CPU). The steps between checks replay one
-recorded CUDA graph (``lab.capsules.graph_step``). On the CPU ``sync_every`` is 1 and the
+most ``sync_every - 1`` updates older than on the CPU). The steps replay one recorded CUDA
+graph (``lab.capsules.graph_step``), checks included (they read what the replayed step
+left in the graph's memory); only the rule-counting steps run eagerly. On the CPU ``sync_every`` is 1 and the
 step is exactly the CPU step it always was. The GPU path was checked on an H100 and an H200
 by ``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_*.json``).
 """
@@ -47,6 +48,10 @@ from lab.optim import make_optimizer
 
 #: How many fixed held-out images ``snapshot()`` reconstructs.
 SNAPSHOT_IMAGES = 8
+#: With deferred checks (the GPU), the optimizer counts its rules (fig 2.13) at every this
+#: many-th check: counting reads the host inside the step, so that step runs eagerly,
+#: while the other checks replay the recorded step (``lab.capsules.graph_step``).
+RULE_COUNT_CHECKS = 10
 
 
 class CapsuleTrainer:
@@ -57,7 +62,7 @@ class CapsuleTrainer:
     ``state_dict()``/``load_state_dict()``, ``save(path)`` and ``CapsuleTrainer.load``.
     ``device``: ``"cpu"`` (default), ``"gpu"``, ``"auto"`` or a ``Backend``;
     ``sync_every``: steps between host reads (default 1 on the CPU, 10 on the GPU; see
-    the module docstring); ``graph``: replay the steps between checks as a CUDA graph
+    the module docstring); ``graph``: replay the steps (all but the rule-counting ones) as a CUDA graph
     (``lab.capsules.graph_step``; None: with CuPy and the conservative optimizer).
     """
 
@@ -80,7 +85,8 @@ class CapsuleTrainer:
             kwargs["overrides"] = overrides
         self.optimizer = make_optimizer(self.optimizer_name, self.model.params, **kwargs)
         if self.sync_every > 1 and getattr(self.optimizer, "record_every", 0) == 1:
-            self.optimizer.record_every = self.sync_every   # rule counts cost a host read
+            # rule counts cost a host read (and an eager step): every RULE_COUNT_CHECKS-th check
+            self.optimizer.record_every = self.sync_every * RULE_COUNT_CHECKS
         self.train_images = np.asarray(train_images, dtype=np.float32)
         self.valid_images = None if valid_images is None else np.asarray(
             valid_images[:config.n_valid], dtype=np.float32)
@@ -99,7 +105,7 @@ class CapsuleTrainer:
         self.last_metrics: dict = {}
         self.lock = threading.RLock()
         self._good = self._capture()
-        # CUDA graph of the steps between checks (lab.capsules.graph_step); default: on
+        # CUDA graph of the step (lab.capsules.graph_step); default: on
         # with CuPy and the conservative optimizer
         self._graph = None
         if graph or (graph is None and self.backend.xp.__name__ == "cupy"):
@@ -197,8 +203,8 @@ class CapsuleTrainer:
             graph = self._graph
             checking = (self.step_count + 1) % self.sync_every == 0
             idx = self._next_indices()
-            if graph is not None and not checking and graph.replayable() and graph.run(idx):
-                loss = None                              # replayed (lab.capsules.graph_step)
+            if graph is not None and graph.replayable() and graph.run(idx):
+                loss, terms, out = graph.outputs         # replayed (lab.capsules.graph_step)
             else:
                 loss, terms, out = self._update(self._batch(idx))
                 if graph is not None:
@@ -245,7 +251,8 @@ class CapsuleTrainer:
                                           else "non-finite parameters"))
             return metrics
         metrics.update(self._mixture_stats(out))
-        metrics.update({f"rule_{k}": v for k, v in self.optimizer.last_rule_fractions.items()})
+        if getattr(self.optimizer, "rules_step", None) == self.optimizer.step_count:   # counted now
+            metrics.update({f"rule_{k}": v for k, v in self.optimizer.last_rule_fractions.items()})
         if self.step_count - self._good_step >= self.good_every:
             self._good = self._capture()
         return metrics
