@@ -326,6 +326,31 @@ def latest_checkpoint(directory, verify: bool = False) -> Path | None:
     return None
 
 
+def newest_checkpoint(directory, also: tuple[str, ...] = ("final.npz",)) -> Path | None:
+    """The valid checkpoint of the latest step among the newest valid step checkpoint and
+    the files named in ``also`` (by their stored ``meta["step"]``), or None.
+
+    A run's ``final.npz`` is newer than its last periodic checkpoint (up to one checkpoint
+    interval of steps), while a resumed run that stopped early leaves step checkpoints
+    newer than the old ``final.npz``: resuming must pick whichever is later.
+    """
+    directory = Path(directory)
+    best, best_step = latest_checkpoint(directory, verify=True), -1
+    if best is not None:
+        best_step = int(_STEP_RE.match(best.name).group(1))
+    for name in also:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            step = int(load_checkpoint(path)[1].get("step", -1))
+        except CheckpointError:
+            continue
+        if step > best_step:
+            best, best_step = path, step
+    return best
+
+
 def prune_checkpoints(directory, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` step checkpoints; return what was deleted."""
     if keep < 1:

@@ -216,6 +216,28 @@ def test_fan_in_scaled_step_sizes(data):
     tr.step()
 
 
+def test_resume_continues_from_the_final_state_not_an_older_checkpoint(data, tmp_path):
+    """``--resume`` after a finished run goes on from its ``final.npz`` (here the only
+    state: no periodic checkpoint was due), exactly as one longer run."""
+    from unittest import mock
+
+    from lab.capsules.run import train_run
+    cfg = tiny_config(optimizer="conservative", optimizer_kwargs={})
+    with mock.patch("lab.capsules.run.load_data", return_value={"train": (data[0], None),
+                                                                "valid": (data[1], None)}):
+        train_run(cfg, tmp_path / "a", steps=7, progress=False, checkpoint_seconds=1e9)
+        assert not list((tmp_path / "a").glob("ckpt-*.npz"))
+        summary = train_run(cfg, tmp_path / "a", steps=5, progress=False, resume=True,
+                            checkpoint_seconds=1e9)
+        train_run(cfg, tmp_path / "b", steps=12, progress=False, checkpoint_seconds=1e9)
+    assert summary["steps"] == 12 and summary["steps_this_run"] == 5
+    a, b = load(tmp_path / "a"), load(tmp_path / "b")
+    for k, p in b.params.items():
+        np.testing.assert_array_equal(a.params[k].data, p.data, err_msg=k)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))                  # no step logged twice
+
+
 def test_run_options_that_cannot_go_together(tmp_path, capsys):
     from lab.capsules.run import check_run_options, train_run
     from lab.cli import main

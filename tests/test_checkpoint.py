@@ -9,8 +9,8 @@ from lab import checkpoint as ck
 from lab.autodiff import Tensor
 from lab.backend import RandomStream
 from lab.checkpoint import (CheckpointError, NonFiniteError, flatten, latest_checkpoint,
-                            load_checkpoint, save_checkpoint, save_step_checkpoint, split_arrays,
-                            unflatten)
+                            load_checkpoint, newest_checkpoint, save_checkpoint,
+                            save_step_checkpoint, split_arrays, unflatten)
 
 
 @pytest.fixture
@@ -203,6 +203,23 @@ def test_step_checkpoints_latest_and_retention(tmp_path):
     latest.write_bytes(latest.read_bytes()[:50])  # a damaged newest file
     assert latest_checkpoint(tmp_path, verify=True).name == "ckpt-000000020.npz"
     assert latest_checkpoint(tmp_path / "nowhere") is None
+
+
+def test_newest_checkpoint_takes_final_npz_when_it_is_later(tmp_path):
+    """A run's final state is newer than its last periodic checkpoint; an interrupted
+    resume leaves periodic checkpoints newer than the old final state."""
+    w = {"w": np.zeros(2)}
+    assert newest_checkpoint(tmp_path) is None
+    save_step_checkpoint(tmp_path, 1200, w)
+    assert newest_checkpoint(tmp_path).name == "ckpt-000001200.npz"
+    save_checkpoint(tmp_path / "final.npz", w, {"step": 1430})
+    assert newest_checkpoint(tmp_path).name == "final.npz"
+    save_step_checkpoint(tmp_path, 2400, w)
+    assert newest_checkpoint(tmp_path).name == "ckpt-000002400.npz"
+    (tmp_path / "ckpt-000002400.npz").unlink()
+    final = tmp_path / "final.npz"
+    final.write_bytes(final.read_bytes()[:60])      # damaged: the periodic one it is
+    assert newest_checkpoint(tmp_path).name == "ckpt-000001200.npz"
 
 
 def test_optimizer_state_through_a_checkpoint_resumes_identically(tmp_path):

@@ -29,10 +29,10 @@ from lab.capsules.managers import RMM, TMM
 
 
 def find_checkpoint(path, which: str = "final") -> Path:
-    """``path`` itself if it is a file, else the newest valid ``ckpt-*.npz`` in the directory
-    (``final.npz`` first when present); ``which="best"``: the directory's ``best.npz``
-    (lowest held-out error seen during training)."""
-    from lab.checkpoint import latest_checkpoint  # noqa: PLC0415
+    """``path`` itself if it is a file, else the directory's latest valid state (``final.npz``
+    or a newer ``ckpt-*.npz``); ``which="best"``: the directory's ``best.npz`` (lowest
+    held-out error seen during training)."""
+    from lab.checkpoint import newest_checkpoint  # noqa: PLC0415
     if which not in ("final", "best"):
         raise ValueError(f"which must be 'final' or 'best', got {which!r}")
     p = Path(path)
@@ -43,9 +43,7 @@ def find_checkpoint(path, which: str = "final") -> Path:
             return p / "best.npz"
         raise FileNotFoundError(f"no best.npz in {path} (written by runs that evaluate held-out data)")
     if p.is_dir():
-        if (p / "final.npz").is_file():
-            return p / "final.npz"
-        found = latest_checkpoint(p, verify=True)
+        found = newest_checkpoint(p)
         if found is not None:
             return found
     raise FileNotFoundError(f"no capsule checkpoint at {path} (expected a .npz file or a run "

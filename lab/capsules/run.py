@@ -4,7 +4,7 @@ Writes ``DIR/metrics.jsonl`` (one JSON line per step, plus ``event`` lines for
 rollbacks and checkpoints), ``DIR/ckpt-*.npz`` every ``checkpoint_seconds`` (the
 newest three kept), ``DIR/best.npz`` (+ ``best.json``) whenever the held-out error
 reaches a new low (early stopping's model) and ``DIR/final.npz`` at the end; resumes
-from the newest valid checkpoint in ``DIR`` when asked.
+from the latest valid state in ``DIR`` when asked (``final.npz`` or a newer ``ckpt-*.npz``).
 
 BLAS threads: on a small shared CPU, OpenBLAS's default of one thread per core makes
 the encoder's matrix products 50-100x *slower* as soon as other processes compete
@@ -58,7 +58,7 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     ``graph``: replay the GPU step as a CUDA graph (None: where it can; see
     ``lab.capsules.graph_step``)."""
     from lab.backend import Backend, get_backend  # noqa: PLC0415
-    from lab.checkpoint import latest_checkpoint, save_step_checkpoint  # noqa: PLC0415
+    from lab.checkpoint import newest_checkpoint, save_step_checkpoint  # noqa: PLC0415
     from lab.progress import Progress  # noqa: PLC0415
     check_run_options(minutes, steps, resume, host_random)
     out = Path(out_dir)
@@ -66,7 +66,7 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     data = load_data(config, data_path)
     train, valid = data["train"][0], data["valid"][0]
     backend = device if isinstance(device, Backend) else get_backend(device)
-    ckpt = latest_checkpoint(out, verify=True) if resume else None
+    ckpt = newest_checkpoint(out) if resume else None
     if ckpt is not None:
         trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend, graph=graph)
     else:
