@@ -86,3 +86,14 @@ def test_rule_dominance_from_metrics_file(tmp_path):
 def test_code_features(model, images):
     f = code_features(model.encode(images))
     assert f.shape[0] == 12 and np.isfinite(f).all()
+
+
+def test_load_metrics_keeps_the_records_a_resumed_run_went_on_from(tmp_path):
+    from lab.capsules.analysis import load_metrics
+    lines = [{"step": s, "loss": 10.0 - s} for s in (1, 2, 3, 4)]
+    lines += [{"event": "checkpoint", "step": 2}]
+    lines += [{"step": s, "loss": 20.0 - s} for s in (3, 4, 5)]     # resumed from step 2
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    got = load_metrics(tmp_path)
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in got] == [9.0, 8.0, 17.0, 16.0, 15.0]

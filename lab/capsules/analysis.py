@@ -148,7 +148,9 @@ def component_reconstructions(model: CapsuleAutoencoder, images) -> dict:
 
 
 def load_metrics(path) -> list[dict]:
-    """The step records of a ``metrics.jsonl`` (event lines skipped)."""
+    """The step records of a ``metrics.jsonl`` (event lines skipped). A run resumed from a
+    checkpoint older than its last records (an interrupted run) logs those steps again:
+    the later records win, as the run went on from them."""
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
@@ -157,6 +159,8 @@ def load_metrics(path) -> list[dict]:
         if line.strip():
             r = json.loads(line)
             if "event" not in r:
+                while records and "step" in r and records[-1].get("step", -1) >= r["step"]:
+                    records.pop()                       # superseded by the resumed run
                 records.append(r)
     return records
 
