@@ -139,6 +139,33 @@ def test_non_finite_pose_renders_nan_only_on_its_canvas():
     assert np.isfinite(y[0]).all() and np.isfinite(y[1, 1]).all() and np.isfinite(y[2, 0]).all()
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_non_finite_and_overflowing_poses_through_the_backward(dense, monkeypatch):
+    """Both numpy paths (dense chunks clip coordinates, sparse ones gather the inside
+    pixels), as render.cu: a non-finite pose gives a NaN canvas and NaN gradients for its
+    matrix (rows 0-1) and intensity, nothing else; a finite pose whose T M overflows float32
+    has no footprint (a zero canvas). Dense chunks used to crash in the backward (a NaN
+    coordinate cast to a cell index)."""
+    from lab.graphics import acr
+    monkeypatch.setattr(acr, "DENSE_FRACTION", -1.0 if dense else 1.0)
+    rng = np.random.default_rng(16)
+    m = g.nice_to_matrix(_poses(rng, 4, 2)).data.astype(np.float32)
+    m[1, 0, 0, 1] = np.nan
+    m[2, 1, 1, 2] = -np.inf
+    m[3, 0, 0] = (3e38, 0, -3e38)
+    xs = [Tensor(rng.uniform(0, 1, (2, 5, 5)).astype(np.float32), requires_grad=True),
+          Tensor(m, requires_grad=True), Tensor(np.ones((4, 2), np.float32), requires_grad=True)]
+    y = g.render_templates(*xs, 8)
+    y.backward(rng.standard_normal(y.shape).astype(np.float32))
+    bad = np.zeros((4, 2), bool)
+    bad[1, 0] = bad[2, 1] = True
+    assert np.isnan(y.data[bad]).all() and np.isfinite(y.data[~bad]).all()
+    assert (y.data[3, 0] == 0).all()                      # overflow: no footprint
+    assert np.isnan(xs[1].grad[bad][:, :2]).all() and (xs[1].grad[bad][:, 2] == 0).all()
+    assert np.isfinite(xs[1].grad[~bad]).all() and np.isnan(xs[2].grad[bad]).all()
+    assert np.isfinite(xs[2].grad[~bad]).all() and np.isfinite(xs[0].grad).all()
+
+
 def test_render_without_gradients_keeps_no_state():
     rng = np.random.default_rng(12)
     t = Tensor(rng.uniform(0, 1, (2, 5, 5)), requires_grad=True)

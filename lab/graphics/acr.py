@@ -230,8 +230,15 @@ class RenderTemplates(Function):
         self.basis = xp.stack([xp.repeat(p0, W), xp.tile(p1, H), xp.ones(N, dtype=dt)])   # (3, N)
         # u = T0 (M00 p0 + M01 p1 + M02) - 0.5 + PAD (and v with T1, row 1), per template k
         scale = xp.asarray([T0, T1], dtype=dt)[:, None]
-        coef = m[:, :, :2, :].transpose(1, 2, 0, 3) * scale[None, :, :, None]             # (K, 2, B, 3)
+        with np.errstate(over="ignore", invalid="ignore"):
+            coef = m[:, :, :2, :].transpose(1, 2, 0, 3) * scale[None, :, :, None]         # (K, 2, B, 3)
         coef[..., 2] += _PAD - 0.5
+        # a pose with non-finite coefficients (NaN or infinite entries, or finite ones whose
+        # T M overflows) has no footprint, as in render.cu; finite coefficients give finite or
+        # infinite coordinates, never NaN ones, so every cell index below is in range
+        no_footprint = ~xp.isfinite(coef).all(axis=(1, 3))                                # (K, B)
+        if no_footprint.any():
+            coef[xp.repeat(no_footprint[:, None, :], 2, axis=1)] = 0.0
         self.coef = xp.ascontiguousarray(coef)
         self.uvmax = xp.asarray([T0 + _PAD, T1 + _PAD], dtype=dt)[:, None]
         self.uvclip = self.uvmax + 0.5        # cells beyond have two zero corners: value, slopes 0
@@ -241,8 +248,9 @@ class RenderTemplates(Function):
         y = xp.zeros((B, K, H, W), dtype=dt)
         with np.errstate(invalid="ignore"):      # NaN coordinates cast to cells: see below
             per_k = parallel_map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
-        # a non-finite pose must show (NaN), not vanish as a footprint outside the canvas
-        bad = ~xp.isfinite(m[:, :, :2, :]).all(axis=(2, 3))
+        # a non-finite pose must show (NaN), not vanish as a footprint outside the canvas;
+        # its matrix and intensity gradients are NaN too (render.cu's render_backward)
+        self.bad = bad = ~xp.isfinite(m[:, :, :2, :]).all(axis=(2, 3))
         if bad.any():
             y[bad] = xp.nan
         self.chunks = per_k if self.need_grad else None
@@ -297,6 +305,11 @@ class RenderTemplates(Function):
             gP[:, 1:, :-1] += G2 - G3
             gP[:, 1:, 1:] += G3
             g_t = gP[:, _PAD:_PAD + T0, _PAD:_PAD + T1].copy()
+        if self.bad.any():       # (the third row of a pose is not used: its gradient stays 0)
+            if g_m is not None:
+                g_m[self.bad, :2] = xp.nan
+            if g_int is not None:
+                g_int[self.bad] = xp.nan
         return g_t, g_m, g_int
 
 
