@@ -327,28 +327,30 @@ def latest_checkpoint(directory, verify: bool = False) -> Path | None:
 
 
 def newest_checkpoint(directory, also: tuple[str, ...] = ("final.npz",)) -> Path | None:
-    """The valid checkpoint of the latest step among the newest valid step checkpoint and
-    the files named in ``also`` (by their stored ``meta["step"]``), or None.
+    """The valid checkpoint of the latest step among the step checkpoints and the files
+    named in ``also`` (their step read from the stored ``meta["step"]``), or None.
 
     A run's ``final.npz`` is newer than its last periodic checkpoint (up to one checkpoint
     interval of steps), while a resumed run that stopped early leaves step checkpoints
-    newer than the old ``final.npz``: resuming must pick whichever is later.
+    newer than the old ``final.npz``: resuming must pick whichever is later. Candidates
+    are verified newest first; a damaged one is skipped.
     """
     directory = Path(directory)
-    best, best_step = latest_checkpoint(directory, verify=True), -1
-    if best is not None:
-        best_step = int(_STEP_RE.match(best.name).group(1))
+    candidates = list_checkpoints(directory)
     for name in also:
         path = directory / name
-        if not path.is_file():
-            continue
+        if path.is_file():
+            try:
+                candidates.append((int(read_checkpoint_record(path)["meta"].get("step", -1)), path))
+            except (CheckpointError, TypeError, ValueError):
+                continue
+    for _, path in sorted(candidates, key=lambda c: c[0], reverse=True):
         try:
-            step = int(load_checkpoint(path)[1].get("step", -1))
+            load_checkpoint(path)
         except CheckpointError:
             continue
-        if step > best_step:
-            best, best_step = path, step
-    return best
+        return path
+    return None
 
 
 def prune_checkpoints(directory, keep: int) -> list[Path]:
