@@ -238,6 +238,32 @@ def test_resume_continues_from_the_final_state_not_an_older_checkpoint(data, tmp
     assert steps == list(range(1, 13))                  # no step logged twice
 
 
+def test_plateau_cuts_the_step_sizes_and_survives_a_resume(data, tmp_path, monkeypatch):
+    """plateau_patience=2: after two held-out evaluations without a new best, every step
+    size is halved (once per plateau); the counters go through a checkpoint, and a NaN
+    rollback keeps the cut. patience 0 (the default): constant step sizes."""
+    cfg = tiny_config(optimizer="conservative", optimizer_kwargs={}, eval_every=1, plateau_patience=2)
+    assert tiny_config().plateau_patience == 0
+    errors = iter([1.0, 0.9, 0.95, 0.91, 0.8, 0.85, 0.86, 0.7])
+    tr = CapsuleTrainer(cfg, data[0], data[1], seed=0)
+    monkeypatch.setattr(tr, "evaluate", lambda: next(errors))
+    cut, scales = [], []
+    for _ in range(5):
+        m = tr.step()
+        cut.append(m.get("step_cut", 0))
+        scales.append(tr.optimizer.step_scale)
+    assert cut == [0, 0, 0, 1, 0] and scales == [1.0, 1.0, 1.0, 0.5, 0.5] and tr.step_cuts == 1
+    back = CapsuleTrainer.load(tr.save(tmp_path / "p.npz"), data[0], data[1])
+    monkeypatch.setattr(back, "evaluate", lambda: next(errors))
+    assert (back.step_cuts, back._plateau_best, back._plateau_waited) == (1, 0.8, 0)
+    assert [back.step().get("step_cut", 0) for _ in range(3)] == [0, 1, 0]   # 0.85, 0.86: cut; 0.7
+    assert back.optimizer.step_scale == 0.25
+    back.model.params["encoder.W1"].data[0, 0] = np.nan
+    monkeypatch.setattr(back, "evaluate", lambda: 0.5)
+    assert back.step()["rollback"] == 1
+    assert back.optimizer.step_scale == 0.25 * cfg.nan_step_cut        # the plateau cuts kept
+
+
 def test_run_options_that_cannot_go_together(tmp_path, capsys):
     from lab.capsules.run import check_run_options, train_run
     from lab.cli import main

@@ -80,6 +80,9 @@ class CapsuleConfig:
     n_valid: int = 1000               # held-out images for the periodic evaluation
     eval_every: int = 200             # steps between held-out evaluations
     nan_step_cut: float = 0.5         # step-size factor after a NaN/Inf rollback
+    plateau_patience: int = 0         # > 0: cut the step sizes after this many held-out
+                                      # evaluations without a new best (0: constant, as 2.5.3)
+    plateau_cut: float = 0.5          # the step-size factor of such a cut
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
