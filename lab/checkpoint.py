@@ -309,21 +309,27 @@ def list_checkpoints(directory) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(directory, verify: bool = False) -> Path | None:
-    """The newest step checkpoint (by step number), or None.
-
-    With ``verify=True`` each candidate is loaded, newest first, and the first one that
-    passes all checks is returned (a resume skips a damaged last file).
-    """
-    for _, path in reversed(list_checkpoints(directory)):
-        if not verify:
-            return path
+def _first_valid(paths) -> Path | None:
+    """The first of ``paths`` that loads and passes every check (a damaged file is skipped)."""
+    for path in paths:
         try:
             load_checkpoint(path)
         except CheckpointError:
             continue
         return path
     return None
+
+
+def latest_checkpoint(directory, verify: bool = False) -> Path | None:
+    """The newest step checkpoint (by step number), or None.
+
+    With ``verify=True`` each candidate is loaded, newest first, and the first one that
+    passes all checks is returned (a resume skips a damaged last file).
+    """
+    paths = [path for _, path in reversed(list_checkpoints(directory))]
+    if not verify:
+        return paths[0] if paths else None
+    return _first_valid(paths)
 
 
 def newest_checkpoint(directory, also: tuple[str, ...] = ("final.npz",)) -> Path | None:
@@ -344,13 +350,7 @@ def newest_checkpoint(directory, also: tuple[str, ...] = ("final.npz",)) -> Path
                 candidates.append((int(read_checkpoint_record(path)["meta"].get("step", -1)), path))
             except (CheckpointError, TypeError, ValueError):
                 continue
-    for _, path in sorted(candidates, key=lambda c: c[0], reverse=True):
-        try:
-            load_checkpoint(path)
-        except CheckpointError:
-            continue
-        return path
-    return None
+    return _first_valid(path for _, path in sorted(candidates, key=lambda c: c[0], reverse=True))
 
 
 def prune_checkpoints(directory, keep: int) -> list[Path]:

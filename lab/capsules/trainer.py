@@ -21,12 +21,13 @@ there. Reading a number back from the GPU waits for all queued work, so there th
 only *checks* every ``sync_every`` steps (default 10): on those steps it reads the loss
 terms, parameter finiteness and mixture statistics in one transfer and returns the full
 metrics (every ``RULE_COUNT_CHECKS``-th check also the optimizer's rule fractions); the
-steps between return only counters and timing (and are not added to ``history``). A non-finite loss or parameter found at a check rolls back to the
-last good state, which is only taken at a check that found everything finite (so it is at
-most ``sync_every - 1`` updates older than on the CPU). The steps replay one recorded CUDA
-graph (``lab.capsules.graph_step``), checks included (they read what the replayed step
-left in the graph's memory); only the rule-counting steps run eagerly. On the CPU ``sync_every`` is 1 and the
-step is exactly the CPU step it always was. The GPU path was checked on an H100 and an H200
+steps between return only counters and timing (and are not added to ``history``). A
+non-finite loss or parameter found at a check rolls back to the last good state, which is
+only taken at a check that found everything finite (so it is at most ``sync_every - 1``
+updates older than on the CPU). The steps replay one recorded CUDA graph
+(``lab.capsules.graph_step``), checks included (they read what the replayed step left in
+the graph's memory); only the rule-counting steps run eagerly. On the CPU ``sync_every``
+is 1 and the step is exactly the CPU step it always was. The GPU path was checked on an H100 and an H200
 by ``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_*.json``).
 """
 from __future__ import annotations
@@ -62,8 +63,9 @@ class CapsuleTrainer:
     ``state_dict()``/``load_state_dict()``, ``save(path)`` and ``CapsuleTrainer.load``.
     ``device``: ``"cpu"`` (default), ``"gpu"``, ``"auto"`` or a ``Backend``;
     ``sync_every``: steps between host reads (default 1 on the CPU, 10 on the GPU; see
-    the module docstring); ``graph``: replay the steps (all but the rule-counting ones) as a CUDA graph
-    (``lab.capsules.graph_step``; None: with CuPy and the conservative optimizer).
+    the module docstring); ``graph``: replay the steps (all but the rule-counting ones) as
+    a CUDA graph (``lab.capsules.graph_step``; None: with CuPy and the conservative
+    optimizer).
     """
 
     def __init__(self, config: CapsuleConfig, train_images: np.ndarray,
@@ -189,10 +191,7 @@ class CapsuleTrainer:
                     self._good = self._capture()
             metrics["step_scale"] = float(self.optimizer.step_scale)
             metrics["seconds"] = time.perf_counter() - t0
-            if self.valid_images is not None and self.config.eval_every > 0 and (
-                    self.step_count % self.config.eval_every == 0):
-                metrics["valid_recon_nodropout"] = self.evaluate()
-                metrics.update(self._plateau_step(metrics["valid_recon_nodropout"]))
+            metrics.update(self._periodic_evaluation())
             self.last_metrics = metrics
             self.history.append(metrics)
             if len(self.history) > 10000:
@@ -219,10 +218,7 @@ class CapsuleTrainer:
                 metrics.update(self._check(loss, terms, out))
             metrics["step_scale"] = float(self.optimizer.step_scale)
             metrics["seconds"] = time.perf_counter() - t0
-            if self.valid_images is not None and self.config.eval_every > 0 and (
-                    self.step_count % self.config.eval_every == 0):
-                metrics["valid_recon_nodropout"] = self.evaluate()
-                metrics.update(self._plateau_step(metrics["valid_recon_nodropout"]))
+            metrics.update(self._periodic_evaluation())
             if "loss" in metrics or "valid_recon_nodropout" in metrics:
                 self.last_metrics = metrics
                 self.history.append(metrics)
@@ -260,6 +256,14 @@ class CapsuleTrainer:
         if self.step_count - self._good_step >= self.good_every:
             self._good = self._capture()
         return metrics
+
+    def _periodic_evaluation(self) -> dict:
+        """Every ``config.eval_every`` steps: the held-out error (and the plateau rule)."""
+        if self.valid_images is None or self.config.eval_every <= 0 or (
+                self.step_count % self.config.eval_every):
+            return {}
+        valid = self.evaluate()
+        return {"valid_recon_nodropout": valid, **self._plateau_step(valid)}
 
     def _plateau_step(self, valid: float) -> dict:
         """Reduce on plateau, an option beside the constant step sizes of thesis 2.5.3
