@@ -246,8 +246,7 @@ class RenderTemplates(Function):
         self.step = step = max(1, CHUNK_PIXELS // N)
 
         y = xp.zeros((B, K, H, W), dtype=dt)
-        with np.errstate(invalid="ignore"):      # NaN coordinates cast to cells: see below
-            per_k = parallel_map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
+        per_k = parallel_map(lambda k: self._forward_k(xp, k, y.reshape(-1)), range(K))
         # a non-finite pose must show (NaN), not vanish as a footprint outside the canvas;
         # its matrix and intensity gradients are NaN too (render.cu's render_backward)
         self.bad = bad = ~xp.isfinite(m[:, :, :2, :]).all(axis=(2, 3))
