@@ -29,6 +29,17 @@ def test_reconstructions_with_contributions(model, images):
     assert r["error_per_pixel"] == pytest.approx(float((r["mismatch"] ** 2).mean()))
 
 
+def test_active_acs_counts_the_acs_used_on_enough_images():
+    i = np.zeros((100, 4, 2), np.float32)
+    i[:, 0, 0] = 0.5            # always on
+    i[:4, 1, 1] = 0.2           # on for 4% of the images (second channel): not enough
+    i[:5, 2, 1] = 0.2           # on for 5%: counts
+    i[:, 3, :] = 0.05           # never above the threshold
+    assert an.active_acs(i) == 2
+    assert an.active_acs(i, min_fraction=0.04) == 3
+    assert an.active_acs(i, threshold=0.01) == 3
+
+
 def test_template_images_interpolate(model):
     t = an.template_images(model, upsample=3)
     assert t.shape == (2, 1, 9, 9)

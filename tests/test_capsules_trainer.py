@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lab.capsules import CapsuleConfig, load
+from lab.capsules.analysis import active_acs
 from lab.capsules.trainer import CapsuleTrainer
 from lab.checkpoint import CheckpointError, NonFiniteError, load_checkpoint
 
@@ -52,6 +53,11 @@ def test_loss_decreases(data):
                 "code_decay", "mixture_max_y", "step_scale", "seconds"):
         assert key in m, key
     assert "valid_recon_nodropout" in tr.history[4]
+    periodic = [m for m in tr.history if "valid_recon_nodropout" in m][-1]
+    assert periodic["valid_recon_nodropout"] == pytest.approx(tr.evaluate(), rel=1e-6)
+    intensities = tr.model.contributions(tr.valid_images)["intensities"]
+    assert periodic["valid_acs_active"] == active_acs(intensities)
+    assert 0 < periodic["valid_acs_active"] <= tr.config.n_acs
 
 
 @pytest.mark.parametrize("optimizer", ["conservative", "adam"])
@@ -246,7 +252,7 @@ def test_plateau_cuts_the_step_sizes_and_survives_a_resume(data, tmp_path, monke
     assert tiny_config().plateau_patience == 0
     errors = iter([1.0, 0.9, 0.95, 0.91, 0.8, 0.85, 0.86, 0.7])
     tr = CapsuleTrainer(cfg, data[0], data[1], seed=0)
-    monkeypatch.setattr(tr, "evaluate", lambda: next(errors))
+    monkeypatch.setattr(tr, "held_out_report", lambda: {"valid_recon_nodropout": next(errors)})
     cut, scales = [], []
     for _ in range(5):
         m = tr.step()
@@ -254,12 +260,12 @@ def test_plateau_cuts_the_step_sizes_and_survives_a_resume(data, tmp_path, monke
         scales.append(tr.optimizer.step_scale)
     assert cut == [0, 0, 0, 1, 0] and scales == [1.0, 1.0, 1.0, 0.5, 0.5] and tr.step_cuts == 1
     back = CapsuleTrainer.load(tr.save(tmp_path / "p.npz"), data[0], data[1])
-    monkeypatch.setattr(back, "evaluate", lambda: next(errors))
+    monkeypatch.setattr(back, "held_out_report", lambda: {"valid_recon_nodropout": next(errors)})
     assert (back.step_cuts, back._plateau_best, back._plateau_waited) == (1, 0.8, 0)
     assert [back.step().get("step_cut", 0) for _ in range(3)] == [0, 1, 0]   # 0.85, 0.86: cut; 0.7
     assert back.optimizer.step_scale == 0.25
     back.model.params["encoder.W1"].data[0, 0] = np.nan
-    monkeypatch.setattr(back, "evaluate", lambda: 0.5)
+    monkeypatch.setattr(back, "held_out_report", lambda: {"valid_recon_nodropout": 0.5})
     assert back.step()["rollback"] == 1
     assert back.optimizer.step_scale == 0.25 * cfg.nan_step_cut        # the plateau cuts kept
 

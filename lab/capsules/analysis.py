@@ -2,7 +2,8 @@
 
 =========================  =====================================================
 fig 2.13                   ``rule_dominance(metrics)``: optimizer rule fractions over time
-fig 2.14 / 2.20            ``reconstructions_with_contributions(model, images)``
+fig 2.14 / 2.20            ``reconstructions_with_contributions(model, images)``;
+                           ``active_acs(intensities)``: how many ACs take part
 fig 2.15 / 2.21            ``template_images(model)``: templates with bilinear interpolation
 fig 2.16                   ``centres_of_gravity(model, images)``
 fig 2.17                   ``mfa_pixels_vs_poses(model, images)``
@@ -31,6 +32,16 @@ def reconstructions_with_contributions(model: CapsuleAutoencoder, images) -> dic
     return {"original": x, "reconstruction": rec, "mismatch": x - rec,
             "contributions": out["contributions"],
             "error_per_pixel": float(((x - rec) ** 2).mean())}
+
+
+def active_acs(intensities, threshold: float = 0.05, min_fraction: float = 0.05) -> int:
+    """How many ACs take part (fig 2.14: "The 9 ACs have all found a role for
+    themselves"): those whose intensity (N,K,M), largest over channels, exceeds
+    ``threshold`` on at least ``min_fraction`` of the images. An AC that drops out
+    of use gets no gradient through its intensity and does not come back."""
+    i = np.asarray(intensities)
+    on = i.reshape(i.shape[0], i.shape[1], -1).max(axis=2) > threshold
+    return int((on.mean(axis=0) >= min_fraction).sum())
 
 
 def template_images(model: CapsuleAutoencoder, upsample: int = 4) -> np.ndarray:

@@ -226,13 +226,15 @@ class CapsuleAutoencoder(abc.ABC):
                 return self.forward(a, train=dropout, stream=stream)["output"].numpy()
         return np.concatenate(self._batched(images, one, batch_size))
 
-    def contributions(self, images, batch_size: int = 500) -> dict[str, np.ndarray]:
+    def contributions(self, images, batch_size: int = 500,
+                      keys=("output", "contributions", "matrices", "intensities")) -> dict[str, np.ndarray]:
         """Fig 2.14: ``output`` (N,H,W) and every AC's ``contributions`` (N,K,H,W), plus
-        ``matrices`` (N,K,3,3) and ``intensities`` (N,K,M), test-time network."""
+        ``matrices`` (N,K,3,3) and ``intensities`` (N,K,M), test-time network (``keys``:
+        which of them)."""
         def one(a):
             with no_grad():
                 out = self.forward(a, train=False)
-            return {k: out[k].numpy() for k in ("output", "contributions", "matrices", "intensities")}
+            return {k: out[k].numpy() for k in keys}
         parts = self._batched(images, one, batch_size)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

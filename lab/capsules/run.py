@@ -118,6 +118,8 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
                 fields = {"recon": m.get("recon_per_pixel", float("nan"))}
                 if "valid_recon_nodropout" in m:
                     fields["valid"] = m["valid_recon_nodropout"]
+                if "valid_acs_active" in m:
+                    fields["acs"] = m["valid_acs_active"]
                 bar.set(m["time"] if minutes is not None else done + 1, **fields)
     trainer.backend.synchronize()
     seconds = time.monotonic() - t_start

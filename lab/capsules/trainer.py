@@ -42,6 +42,7 @@ import numpy as np
 
 from lab.autodiff import no_grad
 from lab.backend import Backend, HostRandomStream, RandomStream, get_backend, to_numpy
+from lab.capsules.analysis import active_acs
 from lab.capsules.autoencoders import CapsuleAutoencoder, build_model
 from lab.capsules.configs import CapsuleConfig
 from lab.checkpoint import load_checkpoint, save_checkpoint, split_arrays
@@ -258,12 +259,20 @@ class CapsuleTrainer:
         return metrics
 
     def _periodic_evaluation(self) -> dict:
-        """Every ``config.eval_every`` steps: the held-out error (and the plateau rule)."""
+        """Every ``config.eval_every`` steps: ``held_out_report()`` and the plateau rule."""
         if self.valid_images is None or self.config.eval_every <= 0 or (
                 self.step_count % self.config.eval_every):
             return {}
-        valid = self.evaluate()
-        return {"valid_recon_nodropout": valid, **self._plateau_step(valid)}
+        report = self.held_out_report()
+        return {**report, **self._plateau_step(report["valid_recon_nodropout"])}
+
+    def held_out_report(self) -> dict:
+        """One test-time pass over the held-out images: ``valid_recon_nodropout`` (as
+        ``evaluate()``) and ``valid_acs_active`` (``analysis.active_acs``)."""
+        with self.lock:
+            out = self.model.contributions(self.valid_images, keys=("output", "intensities"))
+        return {"valid_recon_nodropout": float(((out["output"] - self.valid_images) ** 2).mean()),
+                "valid_acs_active": active_acs(out["intensities"])}
 
     def _plateau_step(self, valid: float) -> dict:
         """Reduce on plateau, an option beside the constant step sizes of thesis 2.5.3
