@@ -12,7 +12,8 @@
 #          2-minute mnist-thesis CUDA-graph run with plateau_patience=5: every step size
 #          halved after 1,000 steps without a new best held-out error. On the CPU, halving
 #          them at step 14,334 took the error from 0.032 to 0.029; does it stop the GPU
-#          run's rise past 10,000 steps, and how low does it go in 2 minutes?)
+#          run's rise past 10,000 steps, and how low does it go in 2 minutes? Since session 8
+#          the preset's alphas are (0.1, 10, 2e-4, 4e-6), which kept all 9 ACs in use on the CPU)
 #   part2: gpu_long.json/.txt (gpu_learning_gap: held-out curves of a graph run and an
 #          eager run to 15,000 steps, and late_follow from the graph run's last state)
 set -u
@@ -41,6 +42,7 @@ for line in open(f"{run}/metrics.jsonl"):
     m = json.loads(line)
     if "valid_recon_nodropout" in m:
         curve.append({"step": m["step"], "time_s": m.get("time"), "valid_recon_nodropout": m["valid_recon_nodropout"],
+                      "valid_acs_active": m.get("valid_acs_active"),
                       "step_scale": m.get("step_scale"), "step_cut": m.get("step_cut", 0)})
     if "loss" in m and m["step"] % 1000 == 0:
         train.append({k: m[k] for k in ("step", "loss", "mixture_max_y", "mixture_used") if k in m})

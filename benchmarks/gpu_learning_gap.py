@@ -28,6 +28,9 @@ Past 10,000 steps a 2-minute CUDA-graph run got worse (``capsules_runs_gpu.json`
 the eager path does the same, and whether the GPU path still computes what the CPU path does
 that late, is the next question, answered in about 7 device minutes by
 ``--steps 15000 --runs graph,eager --follow-steps 0 --name gpu_long`` (eager: ~18 ms/step).
+Since session 8 the ``mnist-thesis`` preset has the alphas of fig 2.13's rule pattern,
+(0.1, 10, 2e-4, 4e-6); the runs use the preset, so they also show whether those alphas keep
+the ACs in use (``acs_active``) and the error falling past 10,000 steps on the GPU.
 
     python benchmarks/gpu_learning_gap.py [--steps 1400] [--runs graph,eager,host] [--out DIR]
     python benchmarks/gpu_learning_gap.py --cpu-dry-run   # numpy standing in for CuPy
@@ -95,18 +98,20 @@ def run_curve(config, steps: int, host_random: bool, backend, graph=None, late_f
         summary = train_run(config, tmp, seed=0, steps=steps, progress=False, device=backend,
                             host_random=host_random, checkpoint_seconds=1e9, graph=graph)
         seconds = time.perf_counter() - t0
-        curve, train = {}, {}
+        curve, acs, train = {}, {}, {}
         with open(Path(tmp) / "metrics.jsonl") as f:
             for line in f:
                 m = json.loads(line)
                 if "valid_recon_nodropout" in m:
                     curve[int(m["step"])] = m["valid_recon_nodropout"]
+                if "valid_acs_active" in m:
+                    acs[int(m["step"])] = m["valid_acs_active"]
                 if "loss" in m and int(m["step"]) % 500 == 0:
                     train[int(m["step"])] = {k: m[k] for k in ("loss", "mixture_max_y", "mixture_used")
                                              if k in m}
         out = {"host_random": host_random, "steps": steps, "seconds": round(seconds, 1),
                "rollbacks": summary.get("rollbacks"), "cuda_graph": summary.get("cuda_graph"),
-               "curve": curve, "train_every_500": train}
+               "curve": curve, "acs_active": acs, "train_every_500": train}
         if late_follow_steps:
             out["late_follow"] = late_follow(Path(tmp) / "final.npz", config, backend, late_follow_steps)
     return out

@@ -37,7 +37,7 @@ def test_gpu_learning_gap_dry_run(tmp_path, capsys):
         checks = res["train_follow"][mode]["checks"]["train_follow"]
         assert checks and all(c["ok"] and c["rel_err"] == 0 for c in checks.values()), checks
     for run in ("gpu_graph", "gpu_eager", "gpu_host"):
-        assert sorted(res[run]["curve"]) == ["2", "4", "6"]
+        assert sorted(res[run]["curve"]) == sorted(res[run]["acs_active"]) == ["2", "4", "6"]
     np.testing.assert_equal(res["gpu_graph"]["curve"], res["gpu_eager"]["curve"])
     late = res["gpu_graph"]["late_follow"]          # from the first run's last state
     assert late["ok"] and late["from_step"] == 6 and late["valid_rel_diff"] == 0
