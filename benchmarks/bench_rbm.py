@@ -2,9 +2,12 @@
 
 1. PCD-1 updates per second on MNIST, 784x500, minibatches of 100: ``lab.undirected.
    BinaryRBM`` vs ``sklearn.neural_network.BernoulliRBM`` (float32 input, same data),
-   interleaved repetitions, in two configurations (both do the same five 100x784x500
-   matrix products per update, so with equal BLAS threads the gap is the rest of the
-   update; ``gemm_floor_1_thread`` is the products alone):
+   interleaved repetitions, in two configurations. sklearn does five dense 100x784x500
+   matrix products per update (``gemm_floor_1_thread`` is those alone); ours does the
+   three with binary visible states (data and fantasy particles) as row sums
+   (``lab.undirected.binary_products``, numba) and is also timed with dense products
+   only (``ours_dense``: the same products as sklearn, so with equal BLAS threads that
+   gap is the rest of the update):
      * ``defaults``: each library as it comes (sklearn: BLAS with its default threads;
        ours: two worker threads, each owning half of the hidden units for the whole
        update -- one hand-off per update -- with BLAS single-threaded);
@@ -22,6 +25,7 @@ load average around it. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -33,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lab.undirected import BinaryRBM  # noqa: E402
+from lab.undirected import BinaryRBM, binary_products  # noqa: E402
 from lab.undirected.parallel import blas_single_thread  # noqa: E402
 from lab.undirected.partition import _log_sum_direct, rbm_log_partition  # noqa: E402
 
@@ -86,10 +90,13 @@ def bench_updates(X, updates: int, reps: int) -> dict:
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
     data = X[:updates * 100]
 
-    def ours(n_jobs):
-        return lambda: BinaryRBM(500, algorithm="pcd", learning_rate=0.01, batch_size=100,
-                                 n_fantasy=100, n_updates=updates, n_jobs=n_jobs,
-                                 random_state=0).fit(data)
+    def ours(n_jobs, dense=False):
+        def run():
+            rbm = BinaryRBM(500, algorithm="pcd", learning_rate=0.01, batch_size=100,
+                            n_fantasy=100, n_updates=updates, n_jobs=n_jobs, random_state=0)
+            with (binary_products.disabled() if dense else contextlib.nullcontext()):
+                rbm.fit(data)
+        return run
 
     def sk():
         BernoulliRBM(n_components=500, learning_rate=0.01, batch_size=100, n_iter=1,
@@ -100,9 +107,13 @@ def bench_updates(X, updates: int, reps: int) -> dict:
             sk()
 
     configs = {
-        "defaults": {"ours": ours(None), "sklearn": sk},
-        "blas_1_thread": {"ours": ours(1), "sklearn": sk_one_thread},
+        "defaults": {"ours": ours(None), "ours_dense": ours(None, dense=True), "sklearn": sk},
+        "blas_1_thread": {"ours": ours(1), "ours_dense": ours(1, dense=True),
+                          "sklearn": sk_one_thread},
     }
+    # one-off costs outside the timings: numba loading its compiled kernels, imports
+    BinaryRBM(500, n_updates=2, batch_size=100, random_state=0).fit(data[:200])
+    BernoulliRBM(n_components=500, batch_size=100, n_iter=1, random_state=0).fit(data[:200])
     raw = {c: {who: [] for who in f} for c, f in configs.items()}
     loads = {c: {who: [] for who in f} for c, f in configs.items()}
     for rep in range(reps):
@@ -115,13 +126,17 @@ def bench_updates(X, updates: int, reps: int) -> dict:
                       f"(load {load[0]:.1f}->{load[1]:.1f})", flush=True)
     out = {}
     for cname in configs:
-        ours_med = statistics.median(raw[cname]["ours"])
-        sk_med = statistics.median(raw[cname]["sklearn"])
-        out[cname] = {"ours_updates_per_s": raw[cname]["ours"],
-                      "sklearn_updates_per_s": raw[cname]["sklearn"],
-                      "ours_median": round(ours_med, 2), "sklearn_median": round(sk_med, 2),
+        r = raw[cname]
+        ours_med, dense_med, sk_med = (statistics.median(r[w]) for w in ("ours", "ours_dense", "sklearn"))
+        out[cname] = {"ours_updates_per_s": r["ours"], "ours_dense_updates_per_s": r["ours_dense"],
+                      "sklearn_updates_per_s": r["sklearn"],
+                      "ours_median": round(ours_med, 2), "ours_dense_median": round(dense_med, 2),
+                      "sklearn_median": round(sk_med, 2),
                       "speedup_median": round(ours_med / sk_med, 2),
-                      "speedup_best": round(max(raw[cname]["ours"]) / max(raw[cname]["sklearn"]), 2),
+                      "speedup_dense_median": round(dense_med / sk_med, 2),
+                      "speedup_best": round(max(r["ours"]) / max(r["sklearn"]), 2),
+                      # each repetition's ratio: the machine's load drifts less within one
+                      "speedup_per_rep": [round(a / b, 2) for a, b in zip(r["ours"], r["sklearn"])],
                       "loadavg_1min": loads[cname]}
     return out
 

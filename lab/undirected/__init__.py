@@ -8,6 +8,8 @@ Models (scikit-learn style estimators)
 
 Algorithms and evaluation
     algorithms.py   the gradient estimators (local vs global unlearning, 3.1-3.2)
+    binary_products.py  products with binary states as row sums (CPU, numba)
+    parallel.py     worker threads over slices of a layer (CPU)
     partition.py    exact log Z by enumeration (fast split scheme for 2^25 states)
     ais.py          annealed importance sampling (Salakhutdinov & Murray 2008, 3.3.5)
     experiments.py  figs 3.1-3.6 as functions returning their data

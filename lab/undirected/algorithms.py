@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lab.backend import DEFAULT_FLOAT
+from lab.undirected import binary_products as bp
 from lab.undirected._base import sigmoid_
 
 ALGORITHMS = ("cd", "mfcd", "pl", "pcd", "fpcd")
@@ -106,7 +107,9 @@ class Phases:
     """The layer-parallel steps of one update: hidden units are independent given the
     visible layer and vice versa, so each step splits a layer between worker threads.
     Random numbers are drawn beforehand in the calling thread, in a fixed order, so
-    results do not depend on the thread schedule."""
+    results do not depend on the thread schedule. Products with binary visible states
+    are row sums (``lab.undirected.binary_products``) when the weights are laid out
+    for them."""
 
     def __init__(self, runner, n_hidden: int, visible: VisibleLayer, n_visible: int, stream, xp):
         self.runner, self.stream, self.xp = runner, stream, xp
@@ -115,16 +118,36 @@ class Phases:
         n = runner.n_jobs
         self.hidden_slices = _split(n_hidden, n)
         self.visible_slices = _split(n_visible, n, keep_tail=visible.n_softmax)
+        self._states_memo: list = []
+
+    def forget_states(self) -> None:
+        """Called at the start of each update: arrays may change in place between updates."""
+        self._states_memo = []
+
+    def states(self, v):
+        """``BinaryStates`` of ``v`` (None: use dense products), remembered for the last
+        two arrays of this update: the gradient step reuses those of its positive and
+        negative data."""
+        for arr, st in self._states_memo:
+            if arr is v:
+                return st
+        st = bp.BinaryStates.of(v)
+        self._states_memo = [(v, st)] + self._states_memo[:1]
+        return st
 
     def hidden(self, v, W, c, u=None):
         """P(h | v) and, given uniforms ``u``, a sample: ``(probs, sample or None)``."""
         xp = self.xp
         probs = xp.empty((v.shape[0], self.n_hidden), dtype=v.dtype)
         sample = None if u is None else xp.empty_like(probs)
+        states = self.states(v) if bp.weights_fit(W) else None
 
         def step(sl):
             pre = probs[:, sl]
-            xp.matmul(v, W[sl].T, out=pre)
+            if states is None:
+                xp.matmul(v, W[sl].T, out=pre)
+            else:
+                bp.hidden_pre(states, W.T, sl.start, probs, sl)
             pre += c[sl]
             sigmoid_(pre, xp)
             if u is not None:

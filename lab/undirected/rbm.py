@@ -19,6 +19,7 @@ import numpy as np
 
 from lab.backend import DEFAULT_FLOAT, get_backend, to_numpy
 from lab.undirected import algorithms as alg
+from lab.undirected import binary_products as bp
 from lab.undirected import parallel
 from lab.undirected.parallel import single_threaded_blas_on_cpu
 from lab.undirected._base import Estimator, ScheduledTrainer, check_data, make_stream, sigmoid_
@@ -91,6 +92,11 @@ class _RBMBase(ScheduledTrainer, Estimator):
         # slow weights: small random values; visible biases: zero or the data's log-odds
         self.components_ = self.random_stream_.normal((self.n_hidden, n_visible), scale=0.01,
                                                       dtype=DEFAULT_FLOAT)
+        if self.backend_.name == "cpu":
+            # each visible unit's weights contiguous (as sklearn's BernoulliRBM keeps
+            # them): products with binary states sum these rows (binary_products)
+            self.components_ = np.asfortranarray(self.components_)
+            bp.warm_up()
         self.intercept_hidden_ = xp.zeros(self.n_hidden, dtype=DEFAULT_FLOAT)
         self.intercept_visible_ = xp.zeros(n_visible, dtype=DEFAULT_FLOAT)
         if self.visible_bias_init == "data" and data_mean is not None:
@@ -181,6 +187,14 @@ class _RBMBase(ScheduledTrainer, Estimator):
                               xp.zeros_like(self.intercept_hidden_)]
         if not self.momentum:
             self._velocity = None
+        if self.backend_.name == "cpu" and not bp.weights_fit(self.components_):
+            # weights assigned from outside (a checkpoint, a user): back to the layout
+            # of _initialize, values unchanged
+            self.components_ = np.asfortranarray(self.components_)
+            if self.fast_components_ is not None:
+                self.fast_components_ = np.asfortranarray(self.fast_components_)
+            if self._velocity is not None:
+                self._velocity[0] = np.asfortranarray(self._velocity[0])
 
     def _update(self, v_pos) -> None:
         """One parameter update from the minibatch ``v_pos`` (float32, on the device)."""
@@ -192,6 +206,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
         lr = self.schedule_.rate(self.n_updates_, self.train_seconds_)
         W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
         ph = self._phases
+        ph.forget_states()
         algorithm = self.algorithm
         if algorithm == "pl":
             gW, gb, gc = alg.pl_gradient(v_pos, W, b, c, xp)
@@ -281,17 +296,23 @@ class _RBMBase(ScheduledTrainer, Estimator):
         n, m = v_pos.shape[0], particles.shape[0]
         ph = self._phases
         slices = ph.hidden_slices
-        V = xp.concatenate([v_pos, particles])
+        binary = bp.weights_fit(W) and (not fpcd or bp.weights_fit(self.fast_components_))
         H = xp.empty((n + m, W.shape[0]), dtype=W.dtype)
         gc = xp.empty(W.shape[0], dtype=W.dtype)
         shares = [None] * len(slices)
         draws = {}
+        listed = threading.Event()
         hidden_drawn, all_drawn = threading.Event(), threading.Event()
+        stack_lock = threading.Lock()
+
+        def states_of(v):     # where binary v is 1, for row-sum products; None: dense
+            return bp.BinaryStates.of(v) if binary else None
 
         def draw():
-            # in the calling thread while the workers do steps 2-3: the hidden uniforms
-            # first (the workers sample with them), then the visible ones (the workers
-            # wait for them before moving any weight: a failed draw leaves no slice updated)
+            # in the calling thread while the first worker lists the 1s of v_pos and
+            # of the particles and the others do steps 2-3: the hidden uniforms (the
+            # workers sample with them), then the visible ones (the workers wait for
+            # these before moving any weight: a failed draw leaves no slice updated)
             try:
                 draws["u_h"] = ph.hidden_uniforms(m)
                 hidden_drawn.set()
@@ -301,25 +322,50 @@ class _RBMBase(ScheduledTrainer, Estimator):
                 hidden_drawn.set()
                 all_drawn.set()
 
+        def stacked():        # steps 5-7 need [v_pos; particles]: their 1s, or them
+            with stack_lock:
+                if "both" not in draws:
+                    pos, neg = draws["pos"], draws["neg"]
+                    both = None if pos is None or neg is None else bp.BinaryStates.stack(pos, neg)
+                    draws["V"] = xp.concatenate([v_pos, particles]) if both is None else None
+                    draws["both"] = both
+                return draws["both"], draws["V"]
+
         def wait_for(event, key):
             event.wait()
             if key not in draws:
-                raise RuntimeError("drawing this update's uniforms failed")
+                raise RuntimeError("preparing this update's random numbers or states failed")
 
         def work(k):
             sl = slices[k]
             hs = H[:, sl]
             Wn = W[sl] + self.fast_components_[sl] if fpcd else W[sl]   # slow + fast overlay
-            xp.matmul(v_pos, W[sl].T, out=hs[:n])                # step 2
+            if k == 0:
+                try:
+                    draws["pos"] = states_of(v_pos)
+                    draws["neg"] = states_of(particles)
+                finally:
+                    listed.set()
+            wait_for(listed, "neg")
+            if draws["pos"] is None:
+                xp.matmul(v_pos, W[sl].T, out=hs[:n])            # step 2
+            else:                                                # the same, as row sums
+                bp.hidden_pre(draws["pos"], W.T, sl.start, H[:n], sl)
+            if draws["neg"] is None:
+                xp.matmul(particles, Wn.T, out=hs[n:])           # step 3
+            elif fpcd:
+                bp.hidden_pre(draws["neg"], xp.ascontiguousarray(Wn.T), 0, H[n:], sl)
+            else:
+                bp.hidden_pre(draws["neg"], W.T, sl.start, H[n:], sl)
             hs[:n] += c[sl]
-            xp.matmul(particles, Wn.T, out=hs[n:])               # step 3
             hs[n:] += cn[sl]
             sigmoid_(hs, xp)
             wait_for(hidden_drawn, "u_h")
             h_sample = xp.less(draws["u_h"][:, sl], hs[n:]).astype(hs.dtype)
             shares[k] = h_sample @ Wn                            # step 4, this slice's share
             wait_for(all_drawn, "gb")
-            self._statistics_step(sl, hs, V, n, lr, gc)          # steps 5-7
+            states, V = stacked()
+            self._statistics_step(sl, H, V, n, lr, gc, states)          # steps 5-7
 
         ph.runner.run(work, range(len(slices)), meanwhile=draw)
         pre = shares[0]
@@ -336,29 +382,57 @@ class _RBMBase(ScheduledTrainer, Estimator):
         xp = self._xp
         n = v_pos.shape[0]
         vcat, hcat = xp.concatenate([v_pos, v_neg]), xp.concatenate([h_pos, h_neg])
+        states = self._stacked_states(v_pos, v_neg, self.components_)
         gc = xp.empty(hcat.shape[1], dtype=hcat.dtype)
         gb = []
 
         def rows(sl):
-            self._statistics_step(sl, hcat[:, sl], vcat, n, lr, gc)
+            self._statistics_step(sl, hcat, vcat, n, lr, gc, states)
 
         self._phases.runner.run(rows, self._phases.hidden_slices,
                                 meanwhile=lambda: gb.append(alg.vcat_bias(v_pos, v_neg)))
         self._apply_biases(gb[0], gc, lr)
 
-    def _statistics_step(self, sl, hs, V, n: int, lr: float, gc) -> None:
-        """For the hidden units ``sl``: ``hs = [h_pos; h_neg]`` (overwritten) and the
-        stacked visible states ``V = [v_pos; v_neg]`` (``n`` positive rows) give the
-        hidden-bias gradient (into ``gc[sl]``) and one product ``[h_pos/n; -h_neg/m]^T V``,
-        applied to those weight rows. Without momentum the learning rate is folded into
-        the product, which is then the step itself."""
+    def _stacked_states(self, v_pos, v_neg, W):
+        """``BinaryStates`` of ``[v_pos; v_neg]`` when both are binary and sparse enough
+        and ``W`` is laid out for row sums; None: dense products."""
+        if not bp.weights_fit(W):
+            return None
+        ph = self._phases
+        pos, neg = ph.states(v_pos), ph.states(v_neg)
+        if self.algorithm == "fpcd" and not bp.weights_fit(self.fast_components_):
+            return None
+        if pos is None or neg is None:
+            return None
+        both = bp.BinaryStates.stack(pos, neg)
+        both.by_unit()      # once, before the workers share it
+        return both
+
+    def _statistics_step(self, sl, H, V, n: int, lr: float, gc, states=None) -> None:
+        """For the hidden units ``sl``: ``H[:, sl] = [h_pos; h_neg]`` (overwritten) and
+        the stacked visible states ``V = [v_pos; v_neg]`` (``n`` positive rows) give the
+        hidden-bias gradient (into ``gc[sl]``) and one product ``[h_pos/n; -h_neg/m]^T
+        V``, applied to those weight rows. Without momentum the learning rate is folded
+        into the product, which is then the step itself. With ``states`` (the 1s of a
+        binary ``V``, which may then be None) the product is a row sum; otherwise it is
+        formed transposed, in the weights' own layout."""
+        hs = H[:, sl]
         m = hs.shape[0] - n
         folded = lr > 0 and self._velocity is None
         scale = lr if folded else 1.0
         gc[sl] = hs[:n].mean(axis=0) - hs[n:].mean(axis=0)
         hs[:n] *= scale / n
         hs[n:] *= -scale / m
-        self._apply_rows(sl, hs.T @ V, lr, folded)
+        if states is not None and folded:
+            self._apply_rows_binary(sl, states, H, lr)
+            return
+        if states is not None:
+            G = bp.weight_gradient(states, H, sl).T
+        elif bp.weights_fit(self.components_):
+            G = (V.T @ hs).T
+        else:
+            G = hs.T @ V
+        self._apply_rows(sl, G, lr, folded)
 
     def _apply_rows(self, sl, G, lr: float, folded: bool = False) -> None:
         """Update weight rows ``sl`` with the gradient estimate ``G`` (overwritten), or
@@ -387,6 +461,18 @@ class _RBMBase(ScheduledTrainer, Estimator):
         else:
             G *= lr
             W[sl] += G
+
+    def _apply_rows_binary(self, sl, states, H, lr: float) -> None:
+        """``_apply_rows`` of the folded step ``G = H[:, sl]^T V`` for binary ``V``
+        (its 1s in ``states``): G is added into the weights by the row-sum kernel
+        without being formed (the weights are Fortran-ordered, see _stacked_states)."""
+        if self.algorithm == "fpcd":
+            self.fast_components_[sl] *= self.fast_decay
+            bp.weight_gradient(states, H, sl, out=self.fast_components_,
+                               scale=self.effective_fast_learning_rate_ / lr)
+        if self.weight_decay:
+            self.components_[sl] *= 1.0 - lr * self.weight_decay
+        bp.weight_gradient(states, H, sl, out=self.components_)
 
     def _apply_biases(self, gb, gc, lr: float) -> None:
         if self.algorithm == "fpcd":
