@@ -285,7 +285,10 @@ class _RBMBase(ScheduledTrainer, Estimator):
         hand-off per update: on a VM, waking a sleeping worker costs as much as a small
         product. The draws come in the same order with or without workers. FPCD's
         negative-phase weights are formed per slice, in the workers. PCD and FPCD do the
-        same arithmetic, so a zero fast learning rate gives PCD bit for bit.
+        same arithmetic, so a zero fast learning rate gives PCD bit for bit. When the data
+        and the particles are binary and sparse, the first worker lists their 1s before
+        step 2, and steps 2, 3 and 5-7 are row sums (``binary_products``); step 4's
+        hidden sample stays a dense product.
         """
         xp = self._xp
         W, b, c = self.components_, self.intercept_visible_, self.intercept_hidden_
@@ -296,7 +299,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
         n, m = v_pos.shape[0], particles.shape[0]
         ph = self._phases
         slices = ph.hidden_slices
-        binary = bp.weights_fit(W) and (not fpcd or bp.weights_fit(self.fast_components_))
+        binary = self._row_sum_layout()
         H = xp.empty((n + m, W.shape[0]), dtype=W.dtype)
         gc = xp.empty(W.shape[0], dtype=W.dtype)
         shares = [None] * len(slices)
@@ -382,7 +385,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
         xp = self._xp
         n = v_pos.shape[0]
         vcat, hcat = xp.concatenate([v_pos, v_neg]), xp.concatenate([h_pos, h_neg])
-        states = self._stacked_states(v_pos, v_neg, self.components_)
+        states = self._stacked_states(v_pos, v_neg)
         gc = xp.empty(hcat.shape[1], dtype=hcat.dtype)
         gb = []
 
@@ -393,15 +396,18 @@ class _RBMBase(ScheduledTrainer, Estimator):
                                 meanwhile=lambda: gb.append(alg.vcat_bias(v_pos, v_neg)))
         self._apply_biases(gb[0], gc, lr)
 
-    def _stacked_states(self, v_pos, v_neg, W):
+    def _row_sum_layout(self) -> bool:
+        """Whether the weights (and FPCD's fast overlay) are laid out for row-sum products
+        (Fortran order, as ``_initialize`` and ``_ensure_state`` keep them on the CPU)."""
+        return bp.weights_fit(self.components_) and (
+            self.algorithm != "fpcd" or bp.weights_fit(self.fast_components_))
+
+    def _stacked_states(self, v_pos, v_neg):
         """``BinaryStates`` of ``[v_pos; v_neg]`` when both are binary and sparse enough
-        and ``W`` is laid out for row sums; None: dense products."""
-        if not bp.weights_fit(W):
+        and the weights are laid out for row sums; None: dense products."""
+        if not self._row_sum_layout():
             return None
-        ph = self._phases
-        pos, neg = ph.states(v_pos), ph.states(v_neg)
-        if self.algorithm == "fpcd" and not bp.weights_fit(self.fast_components_):
-            return None
+        pos, neg = self._phases.states(v_pos), self._phases.states(v_neg)
         if pos is None or neg is None:
             return None
         both = bp.BinaryStates.stack(pos, neg)
@@ -465,7 +471,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
     def _apply_rows_binary(self, sl, states, H, lr: float) -> None:
         """``_apply_rows`` of the folded step ``G = H[:, sl]^T V`` for binary ``V``
         (its 1s in ``states``): G is added into the weights by the row-sum kernel
-        without being formed (the weights are Fortran-ordered, see _stacked_states)."""
+        without being formed (see ``_row_sum_layout``)."""
         if self.algorithm == "fpcd":
             self.fast_components_[sl] *= self.fast_decay
             bp.weight_gradient(states, H, sl, out=self.fast_components_,
