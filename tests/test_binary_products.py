@@ -146,3 +146,15 @@ def test_classification_rbm_labels_ride_along():
     with bp.disabled():
         dense = ClassificationRBM(**params).fit(X, y)
     np.testing.assert_allclose(rows.components_, dense.components_, rtol=1e-4, atol=1e-5)
+
+
+def test_without_numba_the_dense_products_serve(monkeypatch):
+    X = toy()
+    params = dict(n_hidden=20, algorithm="pcd", learning_rate=0.1, batch_size=25, n_fantasy=25,
+                  n_updates=10, random_state=8, n_jobs=1)
+    with bp.disabled():
+        dense = BinaryRBM(**params).fit(X)
+    monkeypatch.setattr(bp, "_KERNELS", False)          # as if `import numba` had failed
+    assert not bp.available() and bp.BinaryStates.of(X[:5]) is None
+    missing = BinaryRBM(**params).fit(X)
+    assert np.array_equal(missing.components_, dense.components_)
