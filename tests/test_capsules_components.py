@@ -160,17 +160,6 @@ def test_mixture_usage_and_code_decay():
     assert reg.code_decay([Tensor(c)], 0.01).item() == pytest.approx(0.01 * 14 / 2)
 
 
-def test_ac_usage_pushes_hardest_on_the_acs_least_used():
-    inten = np.array([[[2.0], [1e-4], [0.5]], [[1.5], [3e-4], [0.0]]])    # (N=2, K=3, M=1)
-    v = reg.ac_usage(Tensor(inten), alpha=0.1)
-    assert v.item() == pytest.approx(-0.1 * (np.log(1.75) + np.log(2e-4) + np.log(0.25)))
-    assert gradcheck(lambda t: reg.ac_usage(t, 0.1), [inten])
-    t = Tensor(inten, requires_grad=True)
-    reg.ac_usage(t, 0.1).backward()
-    g = -t.grad[:, :, 0].mean(axis=0)               # descent direction per AC
-    assert g[1] > g[2] > g[0] > 0                   # the nearly unused AC gets the largest push
-
-
 def test_softplus10_nonnegativity_and_inverse():
     from lab.autodiff import softplus10
     for v in (0.05, 1.0, 2.5):
@@ -239,11 +228,10 @@ def test_ccr_gradcheck():
 @pytest.mark.parametrize("kind", ["mixture", "single_cc", "ac"])
 def test_whole_tiny_model_gradcheck(kind):
     cfg = tiny_config(kind, weight_decay=1e-3, code_decay=1e-3, determinant_alpha=1.0,
-                      usage_alpha=0.05, ac_usage_alpha=0.01)
+                      usage_alpha=0.05)
     model = build_model(cfg, seed=1, dtype=F64)
     names = list(model.params)
     images = np.random.default_rng(5).random((4, 8, 8))
-    assert "ac_usage" in model.loss(images, train=True, stream=RandomStream(11))[1]
 
     def fn(x, *ps):
         model.bind_params(dict(zip(names, ps)))

@@ -156,8 +156,6 @@ class CapsuleAutoencoder(abc.ABC):
                                                            c.determinant_alpha)
         if c.usage_alpha > 0 and out.get("mixture") is not None and out["mixture"].shape[1] > 1:
             terms["usage"] = reg.mixture_usage(out["mixture"], c.usage_alpha)
-        if c.ac_usage_alpha > 0:
-            terms["ac_usage"] = reg.ac_usage(out["intensities"], c.ac_usage_alpha)
         if c.code_decay > 0:
             terms["code_decay"] = reg.code_decay([out["raw"]], c.code_decay)
         total = None

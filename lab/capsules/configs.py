@@ -78,8 +78,6 @@ class CapsuleConfig:
     weight_decay: float = 1e-6        # α of Σ max(0, |θ| - 0.1)² (2.4.5)
     determinant_alpha: float = 1.0    # α of max(0, s - det)², per AC per case (2.4.5)
     usage_alpha: float = 0.01         # α of Σ_i log mean_j y_ij (2.4.5)
-    ac_usage_alpha: float = 0.0       # α of the same over AC intensities (opt-in, not in
-                                      # the thesis: keeps ACs in use, regularizers.ac_usage)
     code_decay: float = 1e-4          # α of the code-layer value decay (2.4.5)
     n_valid: int = 1000               # held-out images for the periodic evaluation
     eval_every: int = 200             # steps between held-out evaluations

@@ -10,11 +10,6 @@
   template is exactly as large as the output; see ``full_size_determinant``.
 - ``mixture_usage``: the objective gains α Σ_i log(mean_j y_ij), so the loss term is
   its negative (2.4.5: punish a manager that gives a component no work in a batch).
-- ``ac_usage`` (opt-in, not one of the thesis's terms): the same log-share term over
-  the ACs' intensities, the "second chance" of 2.4.1 for ACs. Without it ACs fall
-  out of use in long ``mnist-thesis`` runs: shrunk (det(world -> template) about 100
-  against 5-11 for ACs in use) with their raw intensity near -0.8, where softplus10's
-  slope is 1e-4..3e-3, so neither their pose nor their template learns again.
 - ``code_decay``: α·mean_cases Σ v² over the code layer's values (2.4.5, "a bit of such
   decay to the values in the code layer"). The code values are the encoder's linear
   outputs, whose zero is the default pose (the default is the output bias at
@@ -23,7 +18,7 @@
 """
 from __future__ import annotations
 
-from lab.autodiff import Tensor, log, maximum, mean, relu, reshape, square
+from lab.autodiff import Tensor, log, maximum, mean, relu, square
 from lab.autodiff import sum as tsum
 from lab.autodiff.function import Function
 from lab.graphics import FILL_DETERMINANT
@@ -103,13 +98,6 @@ def mixture_usage(y: Tensor, alpha: float, eps: float = 1e-8) -> Tensor:
     ``eps`` only guards the log against an exact 0 (float underflow)."""
     share = mean(y, axis=0)
     return tsum(log(maximum(share, eps))) * (-alpha)
-
-
-def ac_usage(intensities: Tensor, alpha: float, eps: float = 1e-8) -> Tensor:
-    """-α Σ_k log(mean_j intensity_jk) for AC intensities (N, K, M): ``mixture_usage``
-    of the ACs (every channel of every AC counts as one share)."""
-    N = intensities.shape[0]
-    return mixture_usage(reshape(intensities, (N, -1)), alpha, eps)
 
 
 def code_decay(values, alpha: float) -> Tensor:
