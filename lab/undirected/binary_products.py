@@ -7,9 +7,10 @@ the columns of ``W`` where ``v`` is 1, and the weight gradient ``h^T v`` adds ea
 hidden vector into the rows of ``W^T`` where ``v`` is 1. Summing ~100 rows per case
 instead of multiplying by all 784 does about a seventh of a dense product's work.
 
-Measured on the 2-core CI VM (``benchmarks/bench_rbm.py``): a 100x784x500 product took
-1.1-1.2 ms in single-threaded OpenBLAS and 0.5 ms as row sums; for 250 hidden units
-(one of two worker threads) 0.6 ms against 0.3 ms.
+Measured on the 2-core CI VM (one thread, 13% ones): a 100x784x500 product took
+1.1-1.2 ms in OpenBLAS and 0.5 ms as row sums; for 250 hidden units (one of two worker
+threads) 0.6 ms against 0.3 ms. A whole PCD update gains less (``benchmarks/bench_rbm.py``:
+1.29x on one thread, 1.13x on two; the hidden sample's product stays dense).
 
 The kernels are compiled by numba (``nogil``: the RBM's worker threads run them side by
 side). Without numba, or for states that are not all 0/1 (grey data, mean-field CD's
@@ -29,8 +30,9 @@ import threading
 
 import numpy as np
 
-#: Above this fraction of 1s the dense BLAS product is as fast (measured crossover on
-#: the CI VM: about 0.3 for 250 hidden units); such batches take the dense path.
+#: Above this fraction of 1s a batch takes the dense path. The row sums' time grows with
+#: the 1s (at 13%: half a dense product's); near 25% they would gain little (an
+#: extrapolation, not a measured crossover).
 MAX_DENSITY = 0.25
 
 _ENABLED = os.environ.get("LAB_BINARY_PRODUCTS", "1") != "0"
