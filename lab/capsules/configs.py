@@ -10,12 +10,12 @@ keyword hyperparameters (sklearn's habit: a dashboard can build controls from
   poses function is a GPNN of the same size without dropout (2.3.4). The conservative
   optimizer's alphas are not in the thesis; (0.1, 10, 2e-4, 4e-6) gives the rule
   pattern of its fig 2.13 (see CONFIGS); on the 2-core CPU (benchmarks/results/
-  capsules_runs_cpu.json), 125 minutes (15,879 steps) reach a test error of 0.0225 per
-  pixel (33% of variance), the 25-label error 62.8% (the manager not yet committed).
-  With the earlier alphas (0.1, 1, 2e-4, 2e-4): ~1,000 images/s; 95 minutes (11,004 steps) reach a test
-  error of 0.0347 per pixel (51% of variance; the mean image: 0.0674) and a 25-label
-  error of 51%, both still falling; the manager starts to choose only after ~5,000
-  steps (test mean max y 0.05 at step 1,800, 0.57 at 11,000). Known hazards for long runs:
+  capsules_runs_cpu.json, ~1,000 images/s) 125 minutes (15,879 steps) reach a test
+  error of 0.0225 per pixel (33% of variance; the mean image: 0.0674) and a 25-label
+  error of 62.8% (the manager not yet committed), 235 minutes (29,041 steps) 0.0178
+  (26%) and 43.1%, the training loss still falling. With the earlier alphas
+  (0.1, 1, 2e-4, 2e-4), 95 minutes (11,004 steps) reached 0.0347 (51%) and 51%; the
+  manager started to choose only after ~5,000 steps. Known hazards for long runs:
   with per-element step rules (Adam, or these alphas at 1e-3) the 666-unit GPNNs move
   the poses so far in the first ~20 steps that the CC intensity collapses and the ACs
   leave the canvas (output all zero, gradients gone); ``step_fan_in_ref=200`` plus
@@ -108,7 +108,8 @@ CONFIGS: dict[str, dict] = {
     # 15-24%. From the same seed it trailed at every held-out evaluation: seed 0 by
     # 0.002-0.010 per pixel to step 15,800 (0.0326 vs 0.0227 there), seed 1 by up to 0.007
     # to step 4,600 (session 8 in capsules_runs_cpu.json). ACs still fall out of use with
-    # these alphas, later: 9 in use at step 10,335, 6 at 15,879 (the older: 3 by 20,941).
+    # these alphas, later: 9 in use at step 10,335, 6 at 15,879, 7 at 29,041 (the older:
+    # 3 by 20,941).
     "mnist-thesis": dict(optimizer_kwargs={"alphas": (0.1, 10.0, 2e-4, 4e-6)}),
     "mnist-quick": dict(n_components=15, n_acs=6, template_size=9, n_distortions=8,
                         encoder_hidden=200, decoder_hidden=100, batch_size=100,

@@ -125,14 +125,14 @@ class Phases:
         self._states_memo = []
 
     def states(self, v):
-        """``BinaryStates`` of ``v`` (None: use dense products), remembered for the last
-        two arrays of this update: the gradient step reuses those of its positive and
-        negative data."""
+        """``BinaryStates`` of ``v`` (None: use dense products), remembered for the rest
+        of this update: the gradient step reuses those of its positive and negative
+        data (CD-k visits k + 1 batches)."""
         for arr, st in self._states_memo:
             if arr is v:
                 return st
         st = bp.BinaryStates.of(v)
-        self._states_memo = [(v, st)] + self._states_memo[:1]
+        self._states_memo.append((v, st))
         return st
 
     def hidden(self, v, W, c, u=None):
