@@ -1,4 +1,6 @@
 """The autodiff engine: every registered op against central differences, plus engine rules."""
+import zlib
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,9 @@ def test_registry_holds_every_required_op():
 @pytest.mark.parametrize("name", sorted(ad.REGISTRY))
 def test_every_registered_op_passes_gradcheck(name):
     spec = ad.REGISTRY[name]
-    cases = spec.cases(np.random.default_rng(abs(hash(name)) % 2**32))
+    # a stable seed per op: str hashes change from run to run (PYTHONHASHSEED), and a
+    # random pose can put a render sample within gradcheck's step of a bilinear kink
+    cases = spec.cases(np.random.default_rng(zlib.crc32(name.encode())))
     assert cases, f"op {name} has no gradcheck cases"
     for fn, inputs in cases:
         assert gradcheck(fn, inputs)
