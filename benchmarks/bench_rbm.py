@@ -7,7 +7,8 @@
    three with binary visible states (data and fantasy particles) as row sums
    (``lab.undirected.binary_products``, numba) and is also timed with dense products
    only (``ours_dense``: the same products as sklearn, so with equal BLAS threads that
-   gap is the rest of the update):
+   gap is the rest of the update; both compute their sigmoids and their uniforms with
+   compiled kernels, ``logistic`` and ``philox_uniforms``):
      * ``defaults``: each library as it comes (sklearn: BLAS with its default threads;
        ours: two worker threads, each owning half of the hidden units for the whole
        update -- one hand-off per update -- with BLAS single-threaded);

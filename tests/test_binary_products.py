@@ -5,6 +5,7 @@ import pytest
 
 from lab.undirected import BinaryRBM, ClassificationRBM
 from lab.undirected import binary_products as bp
+from lab.undirected import compiled, logistic, philox_uniforms
 
 pytest.importorskip("numba")
 
@@ -152,9 +153,12 @@ def test_without_numba_the_dense_products_serve(monkeypatch):
     X = toy()
     params = dict(n_hidden=20, algorithm="pcd", learning_rate=0.1, batch_size=25, n_fantasy=25,
                   n_updates=10, random_state=8, n_jobs=1)
-    with bp.disabled():
+    with bp.disabled(), monkeypatch.context() as m:
+        m.setattr(logistic, "sigmoid_inplace", lambda x: False)     # numpy's sigmoid
+        m.setattr(philox_uniforms, "available", lambda stream, dtype: False)   # and uniforms
         dense = BinaryRBM(**params).fit(X)
-    monkeypatch.setattr(bp, "_KERNELS", False)          # as if `import numba` had failed
+    monkeypatch.setattr(compiled, "NUMBA", False)          # as if `import numba` had failed
     assert not bp.available() and bp.BinaryStates.of(X[:5]) is None
+    assert not logistic.sigmoid_inplace(np.zeros(3, np.float32))
     missing = BinaryRBM(**params).fit(X)
     assert np.array_equal(missing.components_, dense.components_)

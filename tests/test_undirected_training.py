@@ -4,6 +4,7 @@ import pytest
 
 from lab.undirected import BinaryRBM, ClassificationRBM, FullyVisibleMRF
 from lab.undirected import algorithms as alg
+from lab.undirected import philox_uniforms
 from lab.undirected.mrf import mrf_pl_gradient, mrf_pseudo_log_likelihood, unique_patterns
 from lab.undirected.partition import mrf_log_partition, mrf_log_potential
 
@@ -143,9 +144,9 @@ def test_fpcd_follows_the_pseudocode_for_one_update():
     sig = lambda x: 1 / (1 + np.exp(-x))                        # noqa: E731
     h_pos = sig(X @ W.T + c)                                    # 2: slow weights
     h_neg = sig(v_neg @ (W + dW).T + (c + dc))                  # 3: fast weights
-    h_s = (stream.uniform(h_neg.shape) < h_neg).astype(np.float32)
+    h_s = (philox_uniforms.draw(stream, h_neg.shape) < h_neg).astype(np.float32)
     p_v = sig(h_s @ (W + dW) + (b + db))                        # 4: Gibbs with fast weights
-    v_new = (stream.uniform(p_v.shape) < p_v).astype(np.float32)
+    v_new = (philox_uniforms.draw(stream, p_v.shape) < p_v).astype(np.float32)
     gW = h_pos.T @ X / len(X) - h_neg.T @ v_neg / len(v_neg)    # 5
     np.testing.assert_array_equal(rbm.fantasy_particles_, v_new)
     np.testing.assert_allclose(rbm.components_, W + 0.3 * gW, atol=2e-6)           # 6

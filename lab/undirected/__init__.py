@@ -9,6 +9,9 @@ Models (scikit-learn style estimators)
 Algorithms and evaluation
     algorithms.py   the gradient estimators (local vs global unlearning, 3.1-3.2)
     binary_products.py  products with binary states as row sums (CPU, numba)
+    logistic.py     the float32 sigmoid in one vectorized pass (CPU, numba)
+    philox_uniforms.py  float32 uniforms for Gibbs sampling, Philox4x32-10 (CPU, numba)
+    compiled.py     loads those kernels; without numba the numpy paths serve
     parallel.py     worker threads over slices of a layer (CPU)
     partition.py    exact log Z by enumeration (fast split scheme for 2^25 states)
     ais.py          annealed importance sampling (Salakhutdinov & Murray 2008, 3.3.5)

@@ -30,6 +30,7 @@ import numpy as np
 
 from lab.backend import DEFAULT_FLOAT
 from lab.undirected import binary_products as bp
+from lab.undirected import philox_uniforms
 from lab.undirected._base import sigmoid_
 
 ALGORITHMS = ("cd", "mfcd", "pl", "pcd", "fpcd")
@@ -60,8 +61,8 @@ class VisibleLayer:
         """The random numbers one visible sample of ``n`` rows uses: one per binary unit,
         one per row for the softmax group."""
         k = self.n_softmax
-        u = stream.uniform((n, n_visible - k), dtype=dtype)
-        return (u, stream.uniform((n, 1), dtype=dtype) if k else None)
+        u = philox_uniforms.draw(stream, (n, n_visible - k), dtype)
+        return (u, philox_uniforms.draw(stream, (n, 1), dtype) if k else None)
 
     def sample_(self, pre, u, xp, start: int = 0, has_group: bool = True):
         """Sample the columns ``start..`` of the layer from their pre-activations ``pre``
@@ -100,14 +101,15 @@ def visible_pre(h, W, b):
 
 
 def bernoulli(p, stream):
-    return (stream.uniform(p.shape, dtype=p.dtype) < p).astype(p.dtype)
+    return (philox_uniforms.draw(stream, p.shape, p.dtype) < p).astype(p.dtype)
 
 
 class Phases:
     """The layer-parallel steps of one update: hidden units are independent given the
     visible layer and vice versa, so each step splits a layer between worker threads.
     Random numbers are drawn beforehand in the calling thread, in a fixed order, so
-    results do not depend on the thread schedule. Products with binary visible states
+    results do not depend on the thread schedule (on the CPU, float32 uniforms come from
+    ``philox_uniforms``, keyed by the stream). Products with binary visible states
     are row sums (``lab.undirected.binary_products``) when the weights are laid out
     for them."""
 
@@ -186,7 +188,7 @@ class Phases:
         return self.visible.uniforms(n, self.n_visible, self.stream, dtype)
 
     def hidden_uniforms(self, n):
-        return self.stream.uniform((n, self.n_hidden), dtype=DEFAULT_FLOAT)
+        return philox_uniforms.draw(self.stream, (n, self.n_hidden), DEFAULT_FLOAT)
 
 
 def _split(n, parts, keep_tail=0):

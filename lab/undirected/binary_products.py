@@ -30,32 +30,28 @@ import threading
 
 import numpy as np
 
+from lab.undirected import compiled
+
+#: The bits of 1.0 read as an integer of the same size.
+_ONE_BITS = {np.float32: 0x3F800000, np.float64: 0x3FF0000000000000}
+
 #: Above this fraction of 1s a batch takes the dense path. The row sums' time grows with
 #: the 1s (at 13%: half a dense product's); near 25% they would gain little (an
 #: extrapolation, not a measured crossover).
 MAX_DENSITY = 0.25
 
 _ENABLED = os.environ.get("LAB_BINARY_PRODUCTS", "1") != "0"
-_KERNELS = None
 
 
 def _kernels():
-    """The compiled kernels, or ``False`` when numba is missing (compiled at first use,
-    cached on disk by numba)."""
-    global _KERNELS
-    if _KERNELS is None:
-        try:
-            import numba  # noqa: PLC0415 (optional: the dense path serves without it)
-        except ImportError:
-            _KERNELS = False
-        else:
-            _KERNELS = _compile(numba)
-    return _KERNELS
+    """The compiled kernels, or ``None`` without numba (compiled at first use, cached on
+    disk by numba)."""
+    return compiled.kernels(_compile)
 
 
 def available() -> bool:
     """Whether the binary-state products are in use (numba present, not disabled)."""
-    return _ENABLED and bool(_kernels())
+    return _ENABLED and _kernels() is not None
 
 
 def warm_up() -> None:
@@ -90,26 +86,35 @@ def _compile(numba):
     jit = numba.njit(nogil=True, cache=True)
 
     @jit
-    def row_lists(v, max_ones):
-        """Where each row of ``v`` is 1: ``(ptr, idx)`` with row r's units in
+    def row_lists(bits, one, max_ones):
+        """Where each row of ``v`` is 1, from ``bits``, ``v``'s values read as integers of
+        the same size (``one``: the bits of 1.0): ``(ptr, idx)`` with row r's units in
         ``idx[ptr[r]:ptr[r+1]]``; ``ptr[0] = -1`` if ``v`` holds a value other than 0/1
-        or more than ``max_ones`` ones."""
-        n, d = v.shape
+        (-0.0 included) or more than ``max_ones`` ones. Two passes without branches (a
+        check, then ``idx[k] = i; k += v != 0``): 2.3x faster than one pass that tests
+        each value (0.07 vs 0.17 ms for a 100x784 batch on the CI VM)."""
+        n, d = bits.shape
         ptr = np.empty(n + 1, np.int64)
+        ptr[0] = -1
+        bad = False
+        for r in range(n):
+            row = bits[r]
+            for i in range(d):
+                b = row[i]
+                bad |= (b != 0) & (b != one)
+        if bad:
+            return ptr, np.empty(0, np.int32)
         idx = np.empty(n * d, np.int32)
-        ptr[0] = 0
         k = 0
         for r in range(n):
-            row = v[r]
+            row = bits[r]
             for i in range(d):
-                x = row[i]
-                if x != 0:
-                    if x != 1 or k >= max_ones:
-                        ptr[0] = -1
-                        return ptr, idx[:0]
-                    idx[k] = i
-                    k += 1
+                idx[k] = i
+                k += row[i] != 0
             ptr[r + 1] = k
+        if k > max_ones:
+            return ptr, idx[:0]
+        ptr[0] = 0
         return ptr, idx[:k]
 
     @jit
@@ -184,9 +189,11 @@ class BinaryStates:
                 and v.flags.c_contiguous and v.dtype in (np.float32, np.float64)):
             return None
         k = _kernels()
-        if not k:
+        if k is None:
             return None
-        ptr, idx = k["row_lists"](v, int(MAX_DENSITY * v.size))
+        ints = np.int32 if v.dtype == np.float32 else np.int64
+        ptr, idx = k["row_lists"](v.view(ints), ints(_ONE_BITS[v.dtype.type]),
+                                  int(MAX_DENSITY * v.size))
         if ptr[0] < 0:
             return None
         return cls(ptr, idx, v.shape[1])

@@ -22,6 +22,7 @@ from lab.undirected import algorithms as alg
 from lab.undirected import binary_products as bp
 from lab.undirected import parallel
 from lab.undirected.parallel import single_threaded_blas_on_cpu
+from lab.undirected import logistic, philox_uniforms
 from lab.undirected._base import Estimator, ScheduledTrainer, check_data, make_stream, sigmoid_
 from lab.undirected.partition import rbm_free_energy, rbm_log_partition
 
@@ -97,6 +98,8 @@ class _RBMBase(ScheduledTrainer, Estimator):
             # them): products with binary states sum these rows (binary_products)
             self.components_ = np.asfortranarray(self.components_)
             bp.warm_up()
+            logistic.warm_up()
+            philox_uniforms.warm_up()
         self.intercept_hidden_ = xp.zeros(self.n_hidden, dtype=DEFAULT_FLOAT)
         self.intercept_visible_ = xp.zeros(n_visible, dtype=DEFAULT_FLOAT)
         if self.visible_bias_init == "data" and data_mean is not None:
