@@ -9,8 +9,8 @@ instead of multiplying by all 784 does about a seventh of a dense product's work
 
 Measured on the 2-core CI VM (one thread, 13% ones): a 100x784x500 product took
 1.1-1.2 ms in OpenBLAS and 0.5 ms as row sums; for 250 hidden units (one of two worker
-threads) 0.6 ms against 0.3 ms. A whole PCD update gains less (``benchmarks/bench_rbm.py``:
-1.29x on one thread, 1.13x on two; the hidden sample's product stays dense).
+threads) 0.6 ms against 0.3 ms. A whole PCD update gains less (``benchmarks/bench_rbm.py``,
+session 10: 1.51x on one thread, 1.23x on two; the hidden sample's product stays dense).
 
 The kernels are compiled by numba (``nogil``: the RBM's worker threads run them side by
 side). Without numba, or for states that are not all 0/1 (grey data, mean-field CD's
