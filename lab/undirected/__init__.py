@@ -11,6 +11,7 @@ Algorithms and evaluation
     binary_products.py  products with binary states as row sums (CPU, numba)
     logistic.py     the float32 sigmoid in one vectorized pass (CPU, numba)
     philox_uniforms.py  float32 uniforms for Gibbs sampling, Philox4x32-10 (CPU, numba)
+    fpcd_step.py    FPCD's slow and fast weight steps in one pass (CPU, numba)
     compiled.py     loads those kernels; without numba the numpy paths serve
     parallel.py     worker threads over slices of a layer (CPU)
     partition.py    exact log Z by enumeration (fast split scheme for 2^25 states)

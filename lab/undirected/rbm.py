@@ -22,7 +22,7 @@ from lab.undirected import algorithms as alg
 from lab.undirected import binary_products as bp
 from lab.undirected import parallel
 from lab.undirected.parallel import single_threaded_blas_on_cpu
-from lab.undirected import logistic, philox_uniforms
+from lab.undirected import fpcd_step, logistic, philox_uniforms
 from lab.undirected._base import Estimator, ScheduledTrainer, check_data, make_stream, sigmoid_
 from lab.undirected.partition import rbm_free_energy, rbm_log_partition
 
@@ -100,6 +100,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
             bp.warm_up()
             logistic.warm_up()
             philox_uniforms.warm_up()
+            fpcd_step.warm_up()
         self.intercept_hidden_ = xp.zeros(self.n_hidden, dtype=DEFAULT_FLOAT)
         self.intercept_visible_ = xp.zeros(n_visible, dtype=DEFAULT_FLOAT)
         if self.visible_bias_init == "data" and data_mean is not None:
@@ -447,16 +448,20 @@ class _RBMBase(ScheduledTrainer, Estimator):
         """Update weight rows ``sl`` with the gradient estimate ``G`` (overwritten), or
         with ``G = lr * gradient`` when ``folded``."""
         W = self.components_
+        f = W.dtype.type       # scalars in the weights' precision, as fpcd_step's kernel
         if self.algorithm == "fpcd":
+            flr = self.effective_fast_learning_rate_
+            if folded and fpcd_step.apply(W, self.fast_components_, sl, G, lr, self.weight_decay,
+                                          self.fast_decay, flr):
+                return                                           # steps 6-7 in one pass
             # step 7: theta_delta = lambda * theta_delta + g * fast learning rate
             fast = self.fast_components_[sl]
-            fast *= self.fast_decay
-            flr = self.effective_fast_learning_rate_
-            fast += (flr / lr if folded else flr) * G
+            fast *= f(self.fast_decay)
+            fast += f(flr / lr if folded else flr) * G
         if folded:
             # step 6: theta_slow += g * learning rate, with the weight decay term
             if self.weight_decay:
-                W[sl] *= 1.0 - lr * self.weight_decay           # slow weights only
+                W[sl] *= f(1.0 - lr * self.weight_decay)        # slow weights only
             W[sl] += G
             return
         if self.weight_decay:
@@ -475,13 +480,14 @@ class _RBMBase(ScheduledTrainer, Estimator):
         """``_apply_rows`` of the folded step ``G = H[:, sl]^T V`` for binary ``V``
         (its 1s in ``states``), G a row sum. PCD: G is added into the weights by the
         kernel without being formed (see ``_row_sum_layout``). FPCD: G is formed once
-        and applied to the slow weights and the fast overlay (summing it twice, once
-        into each, made FPCD's update 27% slower than PCD's); the rounding is the same."""
+        and applied to the slow weights and the fast overlay (``fpcd_step``; summing it
+        twice, once into each, made FPCD's update 27% slower than PCD's); the rounding
+        is the same."""
         if self.algorithm == "fpcd":
             self._apply_rows(sl, bp.weight_gradient(states, H, sl).T, lr, folded=True)
             return
         if self.weight_decay:
-            self.components_[sl] *= 1.0 - lr * self.weight_decay
+            self.components_[sl] *= self.components_.dtype.type(1.0 - lr * self.weight_decay)
         bp.weight_gradient(states, H, sl, out=self.components_)
 
     def _apply_biases(self, gb, gc, lr: float) -> None:
