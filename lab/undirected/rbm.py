@@ -301,6 +301,7 @@ class _RBMBase(ScheduledTrainer, Estimator):
                   if fpcd else (b, c))
         particles = self.fantasy_particles_
         n, m = v_pos.shape[0], particles.shape[0]
+        negative_weights = self._negative_weights_buffer() if fpcd else W   # step 3's weights
         ph = self._phases
         slices = ph.hidden_slices
         binary = self._row_sum_layout()
@@ -346,7 +347,9 @@ class _RBMBase(ScheduledTrainer, Estimator):
         def work(k):
             sl = slices[k]
             hs = H[:, sl]
-            Wn = W[sl] + self.fast_components_[sl] if fpcd else W[sl]   # slow + fast overlay
+            if fpcd:                                             # slow + fast overlay
+                xp.add(W[sl], self.fast_components_[sl], out=negative_weights[sl])
+            Wn = negative_weights[sl]
             if k == 0:
                 try:
                     draws["pos"] = states_of(v_pos)
@@ -360,10 +363,8 @@ class _RBMBase(ScheduledTrainer, Estimator):
                 bp.hidden_pre(draws["pos"], W.T, sl.start, H[:n], sl)
             if draws["neg"] is None:
                 xp.matmul(particles, Wn.T, out=hs[n:])           # step 3
-            elif fpcd:
-                bp.hidden_pre(draws["neg"], xp.ascontiguousarray(Wn.T), 0, H[n:], sl)
             else:
-                bp.hidden_pre(draws["neg"], W.T, sl.start, H[n:], sl)
+                bp.hidden_pre(draws["neg"], negative_weights.T, sl.start, H[n:], sl)
             hs[:n] += c[sl]
             hs[n:] += cn[sl]
             sigmoid_(hs, xp)
@@ -381,6 +382,17 @@ class _RBMBase(ScheduledTrainer, Estimator):
         pre += bn
         self.fantasy_particles_ = self._visible.sample_(pre, draws["u_v"], xp)   # step 4
         self._apply_biases(draws["gb"], gc, lr)
+
+    def _negative_weights_buffer(self):
+        """Where FPCD's workers form slow + fast weights each update (step 3's weights):
+        kept across updates, in the weights' layout, so that step 3's row sums read it
+        as they read the slow weights for PCD."""
+        W = self.components_
+        buf = getattr(self, "_negative_weights", None)
+        if (buf is None or buf.shape != W.shape or buf.dtype != W.dtype
+                or buf.flags.f_contiguous != W.flags.f_contiguous or type(buf) is not type(W)):
+            buf = self._negative_weights = self._xp.empty_like(W)
+        return buf
 
     def _apply_statistics(self, v_pos, h_pos, v_neg, h_neg, lr: float) -> None:
         """Steps 5-7 of 3.2.4 for CD and MF-CD: g = positive - negative statistics, one
