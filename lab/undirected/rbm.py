@@ -389,8 +389,8 @@ class _RBMBase(ScheduledTrainer, Estimator):
         as they read the slow weights for PCD."""
         W = self.components_
         buf = getattr(self, "_negative_weights", None)
-        if (buf is None or buf.shape != W.shape or buf.dtype != W.dtype
-                or buf.flags.f_contiguous != W.flags.f_contiguous or type(buf) is not type(W)):
+        if (buf is None or type(buf) is not type(W) or buf.dtype != W.dtype
+                or buf.shape != W.shape or buf.strides != W.strides):
             buf = self._negative_weights = self._xp.empty_like(W)
         return buf
 
