@@ -48,6 +48,39 @@ def test_gpu_learning_gap_dry_run(tmp_path, capsys):
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("wrote ")
 
 
+def test_gpu_thesis_run_dry_run(tmp_path, capsys):
+    import gpu_thesis_run  # noqa: PLC0415
+    assert gpu_thesis_run.main(["--cpu-dry-run", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gpu_thesis_run_dry.json").read_text())
+    assert res["overrides"] == {"plateau_patience": 10} == {"plateau_patience": res["config"]["plateau_patience"]}
+    steps = [p["step"] for p in res["held_out_curve"]]
+    assert steps and steps == sorted(steps) and all(s % 5 == 0 for s in steps)
+    assert res["train"]["steps"] >= steps[-1] and res["train"]["images_per_second"] > 0
+    assert list(res["first_crossings"]) == [str(t) for t in gpu_thesis_run.THRESHOLDS]
+    for which in ("final", "best"):
+        ev = res[f"eval_{which}"]
+        assert ev["n_test"] == 200 and 0 < ev["recon_error_test_nodropout"] < 1
+        assert 0 <= ev["label25_error"] <= 1
+    assert res["eval_final"]["step"] == res["train"]["steps"]
+    assert res["eval_best"]["step"] == res["train"]["best"]["step"]
+    printed = capsys.readouterr().out.rstrip().splitlines()
+    assert printed[-1].startswith("wrote ") and "25-label error" in printed[-3]
+
+
+def test_gpu_thesis_run_first_crossings_and_sets():
+    import gpu_thesis_run  # noqa: PLC0415
+    curve = [{"step": 200, "time_s": 1.0, "valid_recon_nodropout": 0.05},
+             {"step": 400, "time_s": 2.0, "valid_recon_nodropout": 0.029},
+             {"step": 600, "time_s": 3.0, "valid_recon_nodropout": 0.031},
+             {"step": 800, "time_s": 4.0, "valid_recon_nodropout": 0.02}]
+    hits = gpu_thesis_run.first_crossings(curve, (0.04, 0.03, 0.02, 0.0069))
+    assert hits == {"0.04": {"step": 400, "time_s": 2.0}, "0.03": {"step": 400, "time_s": 2.0},
+                    "0.02": {"step": 800, "time_s": 4.0}, "0.0069": None}
+    assert gpu_thesis_run.parse_sets(["a=5", "b=[1, 2]", "c=adam"]) == {"a": 5, "b": [1, 2], "c": "adam"}
+    with pytest.raises(ValueError, match="KEY=JSON"):
+        gpu_thesis_run.parse_sets(["plateau_patience"])
+
+
 def test_gpu_check_rejects_unknown_section():
     with pytest.raises(SystemExit):
         gpu_check.main(["--cpu-dry-run", "--sections", "nope"])
