@@ -58,6 +58,17 @@ def test_loss_decreases(data):
     intensities = tr.model.contributions(tr.valid_images)["intensities"]
     assert periodic["valid_acs_active"] == active_acs(intensities)
     assert 0 < periodic["valid_acs_active"] <= tr.config.n_acs
+    max_y = tr.model.encode(tr.valid_images).mixture.max(axis=1)       # the test-time manager
+    assert periodic["valid_max_y"] == pytest.approx(max_y.mean(), rel=1e-5)
+    assert periodic["valid_max_y_99"] == np.mean(max_y >= 0.99)
+
+
+def test_held_out_report_has_manager_decisiveness_only_for_a_mixture(data):
+    single = CapsuleTrainer(tiny_config(model="single_cc", n_components=1, manager_noise=0.0),
+                            data[0], data[1], seed=0)
+    assert set(single.held_out_report()) == {"valid_recon_nodropout", "valid_acs_active"}
+    mix = CapsuleTrainer(tiny_config(), data[0], data[1], seed=0)
+    assert 1 / 3 <= mix.held_out_report()["valid_max_y"] <= 1
 
 
 @pytest.mark.parametrize("optimizer", ["conservative", "adam"])

@@ -191,12 +191,15 @@ def _capsule_tab(state: DashboardState, components: list, controls: list):
                          lambda n: n.startswith("rule_"), "capsules-rules", y_label="fraction")
     acs = CurvesFigure("ACs in use on held-out images (fig 2.14: all of them)", ["valid_acs_active"],
                        "capsules-acs", y_label="ACs")
-    curves = [_CurveTicker(slot, c) for c in (loss, err, rules, acs)]
+    manager = CurvesFigure("Manager on held-out images, no noise (2.3.5: y >= 0.99 for 80%)",
+                           ["valid_max_y", "valid_max_y_99"], "capsules-manager", y_label="fraction")
+    curves = [_CurveTicker(slot, c) for c in (loss, err, rules, acs, manager)]
     sub = pn.Tabs(("Distortion explorer", explorer.pane),
                   ("Reconstructions", recon.pane),
                   ("Templates", templates.pane),
                   ("Mixture", mixture.pane),
-                  ("Curves", pn.Column(pn.Row(loss.pane, err.pane), pn.Row(rules.pane, acs.pane))),
+                  ("Curves", pn.Column(pn.Row(loss.pane, err.pane), pn.Row(rules.pane, acs.pane),
+                                       manager.pane)),
                   dynamic=False)
     # Only what is on screen is drawn (a hidden view catches up when shown): viewers cost
     # the training run as little as possible (issue 6: under 5%).
