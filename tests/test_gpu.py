@@ -57,6 +57,8 @@ def test_gpu_thesis_run_dry_run(tmp_path, capsys):
     assert steps and steps == sorted(steps) and all(s % 5 == 0 for s in steps)
     assert res["train"]["steps"] >= steps[-1] and res["train"]["images_per_second"] > 0
     assert list(res["first_crossings"]) == [str(t) for t in gpu_thesis_run.THRESHOLDS]
+    assert all(0 < p["valid_max_y"] <= 1 and 0 <= p["valid_max_y_99"] <= 1 for p in res["held_out_curve"])
+    assert "first_decisive_manager" in res
     for which in ("final", "best"):
         ev = res[f"eval_{which}"]
         assert ev["n_test"] == 200 and 0 < ev["recon_error_test_nodropout"] < 1
@@ -65,6 +67,7 @@ def test_gpu_thesis_run_dry_run(tmp_path, capsys):
     assert res["eval_best"]["step"] == res["train"]["best"]["step"]
     printed = capsys.readouterr().out.rstrip().splitlines()
     assert printed[-1].startswith("wrote ") and "25-label error" in printed[-3]
+    assert any(line.startswith("manager: a y_i >= 0.99") for line in printed)
 
 
 def test_gpu_thesis_run_first_crossings_and_sets():
