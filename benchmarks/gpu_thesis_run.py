@@ -49,20 +49,6 @@ THRESHOLDS = (0.04, 0.03, 0.025, 0.02, 0.015, 0.01, 0.0069)
 DEFAULT_SETS = ("plateau_patience=10",)
 
 
-def parse_sets(items) -> dict:
-    """``KEY=JSON`` strings as a dict (a bare word that is not JSON stays a string)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=JSON, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def read_metrics(path: Path) -> dict:
     """The held-out curve, the training terms every 1,000 steps and the rollbacks."""
     curve, train, events = [], [], []
@@ -150,8 +136,9 @@ def main(argv=None) -> int:
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.capsules import get_config  # noqa: PLC0415
     from lab.capsules.run import train_run  # noqa: PLC0415
+    from lab.commands.train_capsules import parse_overrides  # noqa: PLC0415
     dry = args.cpu_dry_run
-    sets = parse_sets(DEFAULT_SETS if args.sets is None else args.sets)
+    sets = parse_overrides(DEFAULT_SETS if args.sets is None else args.sets)
     if dry:
         config = get_config("mnist-quick", **{"eval_every": 5, "n_valid": 40, **sets})
         minutes, n_test, n_train = 0.05, 200, 500

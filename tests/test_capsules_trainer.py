@@ -178,6 +178,16 @@ def test_conservative_rule_fractions_are_logged(data):
     assert len(rd["step"]) == 3 and "rule4" in rd
 
 
+def test_cli_set_overrides(capsys):
+    from lab.cli import main
+    from lab.commands.train_capsules import parse_overrides
+    assert parse_overrides(["a=5", "b=[1, 2]", "c=adam"]) == {"a": 5, "b": [1, 2], "c": "adam"}
+    assert main(["train", "capsules", "--steps", "1", "--set", "plateau_patience"]) == 2
+    assert "expected KEY=JSON" in capsys.readouterr().err
+    assert main(["train", "capsules", "--steps", "1", "--set", "no_such_field=1"]) == 2
+    assert "unknown config keys ['no_such_field']" in capsys.readouterr().err
+
+
 def test_cli_train_and_eval(tmp_path, capsys):
     if not os.environ.get("LAB_DATA_DIR"):
         pytest.skip("LAB_DATA_DIR not set (MNIST needed)")

@@ -70,7 +70,7 @@ def test_gpu_thesis_run_dry_run(tmp_path, capsys):
     assert any(line.startswith("manager: a y_i >= 0.99") for line in printed)
 
 
-def test_gpu_thesis_run_first_crossings_and_sets():
+def test_gpu_thesis_run_first_crossings():
     import gpu_thesis_run  # noqa: PLC0415
     curve = [{"step": 200, "time_s": 1.0, "valid_recon_nodropout": 0.05},
              {"step": 400, "time_s": 2.0, "valid_recon_nodropout": 0.029},
@@ -79,9 +79,6 @@ def test_gpu_thesis_run_first_crossings_and_sets():
     hits = gpu_thesis_run.first_crossings(curve, (0.04, 0.03, 0.02, 0.0069))
     assert hits == {"0.04": {"step": 400, "time_s": 2.0}, "0.03": {"step": 400, "time_s": 2.0},
                     "0.02": {"step": 800, "time_s": 4.0}, "0.0069": None}
-    assert gpu_thesis_run.parse_sets(["a=5", "b=[1, 2]", "c=adam"]) == {"a": 5, "b": [1, 2], "c": "adam"}
-    with pytest.raises(ValueError, match="KEY=JSON"):
-        gpu_thesis_run.parse_sets(["plateau_patience"])
 
 
 def test_gpu_check_rejects_unknown_section():

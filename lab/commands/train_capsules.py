@@ -38,10 +38,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _overrides(items) -> dict:
+def parse_overrides(items) -> dict:
+    """``["KEY=JSON", ...]`` (``--set``) -> config overrides; a value that is not JSON stays
+    a string (``--set optimizer=adam``)."""
     out = {}
     for item in items:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=JSON, e.g. --set batch_size=200")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -58,7 +62,11 @@ def run(args) -> int:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
     from lab.backend import GPUUnavailableError, get_backend  # noqa: PLC0415
-    config = get_config(args.config, **_overrides(args.set))
+    try:
+        config = get_config(args.config, **parse_overrides(args.set))
+    except ValueError as exc:
+        print(f"lab train capsules: {exc}", file=sys.stderr)
+        return 2
     out = args.out or f"runs/capsules-{args.config}"
     try:
         backend = get_backend(args.device)
