@@ -224,6 +224,25 @@ def test_ccr_gradcheck():
     assert gradcheck(fn, arrays, atol=1e-6, rtol=1e-4)
 
 
+def test_ccr_y_weight_scale_scales_only_the_weights_from_y():
+    """``decoder_y_init``: the first layer's rows from the {y_i} inputs grow, the rest of the
+    initialisation (same seed) is unchanged, so each CC starts with its own constellation."""
+    def build(scale):
+        return CCR(n_distortions=2, n_acs=2, template_size=3, output_size=(6, 6), n_hidden=5,
+                   n_components=3, y_weight_scale=scale, rng=np.random.default_rng(7), dtype=F64)
+    one, four = build(1.0), build(4.0)
+    w1, w4 = one.pose_fn.p("W1").data, four.pose_fn.p("W1").data
+    np.testing.assert_array_equal(w4[:2], w1[:2])
+    np.testing.assert_array_equal(w4[2:], 4.0 * w1[2:])
+    for name in one.params:
+        if name != "ccr.W1":
+            np.testing.assert_array_equal(one.params[name].data, four.params[name].data)
+    eye = np.eye(3)
+    spread = [np.ptp(m.ac_poses(Tensor(np.zeros((3, 2))), Tensor(eye)).data, axis=0).mean()
+              for m in (one, four)]
+    assert spread[1] > 1.5 * spread[0]        # the CCs' constellations differ more
+
+
 # -- whole models ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["mixture", "single_cc", "ac"])
 def test_whole_tiny_model_gradcheck(kind):
