@@ -165,7 +165,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as run:
         run = Path(run)
-        print(f"training mnist-thesis for {minutes} min with {sets}", flush=True)
+        print(f"training {config.name} for {minutes} min with {sets}", flush=True)
         result["train"] = train_run(config, run, seed=args.seed, minutes=minutes, progress=False,
                                     device=backend, checkpoint_seconds=1e9)
         result.update(read_metrics(run / "metrics.jsonl"))
