@@ -81,16 +81,10 @@ def first_crossings(curve: list[dict], thresholds=THRESHOLDS) -> dict:
 
 def evaluate(path: Path, n_test, n_train, threads: int) -> dict:
     """``lab eval capsules`` on one checkpoint, with its wall time."""
-    from lab.capsules import load  # noqa: PLC0415
-    from lab.capsules.data import load_data  # noqa: PLC0415
-    from lab.capsules.evaluate import evaluate_model  # noqa: PLC0415
-    from lab.capsules.run import limit_blas_threads  # noqa: PLC0415
+    from lab.capsules.evaluate import evaluate_checkpoint  # noqa: PLC0415
     t0 = time.perf_counter()
-    with limit_blas_threads(threads):
-        model = load(path)
-        data = load_data(model.config, None)
-        result = evaluate_model(model, data, n_test=n_test, n_train=n_train)
-    return {"step": model.meta.get("step"), **result, "seconds": round(time.perf_counter() - t0, 1)}
+    result = evaluate_checkpoint(path, n_test=n_test, n_train=n_train, threads=threads)
+    return {**result, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def table(result: dict) -> str:

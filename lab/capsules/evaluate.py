@@ -91,3 +91,22 @@ def evaluate_model(model: CapsuleAutoencoder, data: dict, n_test: int | None = N
             out["kmeans10_accuracy_mixture"] = float(kmeans10_accuracy(test_code.mixture, test_y,
                                                                        seed=seed))
     return out
+
+
+def evaluate_checkpoint(path, which: str = "final", n_test: int | None = None,
+                        n_train: int | None = None, seed: int = 0, kmeans: bool = True,
+                        threads: int | None = 1, data_path=None) -> dict:
+    """``lab eval capsules``: :func:`evaluate_model` of a checkpoint (a .npz file, or a run
+    directory's ``which`` checkpoint, see ``find_checkpoint``) on its config's dataset,
+    with ``threads`` BLAS threads; the dict also names the checkpoint, config and step."""
+    from lab.capsules import find_checkpoint, load  # noqa: PLC0415
+    from lab.capsules.data import load_data  # noqa: PLC0415
+    from lab.capsules.run import limit_blas_threads  # noqa: PLC0415
+    path = find_checkpoint(path, which)
+    with limit_blas_threads(threads):
+        model = load(path)
+        data = load_data(model.config, data_path)
+        result = evaluate_model(model, data, n_test=n_test, n_train=n_train, seed=seed,
+                                kmeans=kmeans)
+    return {"checkpoint": str(path), "config": model.config.name,
+            "step": model.meta.get("step"), **result}

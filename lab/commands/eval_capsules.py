@@ -23,17 +23,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lab.capsules import find_checkpoint, load  # noqa: PLC0415
-    from lab.capsules.data import load_data  # noqa: PLC0415
-    from lab.capsules.evaluate import evaluate_model  # noqa: PLC0415
-    from lab.capsules.run import limit_blas_threads  # noqa: PLC0415
-    path = find_checkpoint(args.path, args.which)
-    with limit_blas_threads(args.threads):
-        model = load(path)
-        data = load_data(model.config, args.data_dir)
-        result = evaluate_model(model, data, n_test=args.n_test, n_train=args.n_train,
-                                seed=args.seed, kmeans=not args.no_kmeans)
-    result = {"checkpoint": str(path), "config": model.config.name,
-              "step": model.meta.get("step"), **result}
+    from lab.capsules.evaluate import evaluate_checkpoint  # noqa: PLC0415
+    result = evaluate_checkpoint(args.path, args.which, n_test=args.n_test, n_train=args.n_train,
+                                 seed=args.seed, kmeans=not args.no_kmeans, threads=args.threads,
+                                 data_path=args.data_dir)
     print(json.dumps(result, indent=2))
     return 0
