@@ -105,7 +105,8 @@ def table(result: dict) -> str:
             lines.append(f"{which:>5} (step {ev['step']}): test {ev['recon_error_test_nodropout']:.5f} "
                          f"({ev['recon_error_test_nodropout_percent_variance']:.0f}% of variance), "
                          f"with dropout {ev['recon_error_test_dropout']:.5f}, 25-label error "
-                         + ("-" if lab25 is None else f"{100 * lab25:.2f}%")
+                         + ("-" if lab25 is None else f"{100 * lab25:.2f}% (majority labels: "
+                            f"{100 * ev['label25_error_majority_labels']:.2f}%)")
                          + f", k-means-10 {ev.get('kmeans10_accuracy')}")
         elif ev is not None:
             lines.append(f"{which:>5}: {ev}")

@@ -209,8 +209,10 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert main(["eval", "capsules", str(out), "--n-test", "200", "--n-train", "500"]) == 0
     res = json.loads(capsys.readouterr().out)
     for key in ("recon_error_test_dropout", "recon_error_test_nodropout",
-                "recon_error_test_nodropout_percent_variance", "label25_error", "kmeans10_accuracy"):
+                "recon_error_test_nodropout_percent_variance", "label25_error", "kmeans10_accuracy",
+                "label25_error_majority_labels"):
         assert res[key] is not None, key
+    assert 0 <= res["label25_details"]["majority_agreement"] <= res["label25_details"]["n_labels_used"]
     assert res["step"] == 5
     # best.npz: the lowest held-out error seen (evaluated every 2 steps here)
     best = json.loads((out / "best.json").read_text())

@@ -41,7 +41,20 @@ def test_label25_labels_each_cluster_by_its_most_confident_training_case():
     assert err == pytest.approx(0.5)
     assert d["unlabelled_test_fraction"] == pytest.approx(1 / 6)
     assert d["majority_labels"][:2] == [1, 2] and d["majority_agreement"] == 1
+    assert d["majority_error"] == pytest.approx(0.5)  # tests 1, 2, 3 right with labels 1, 2
     json.dumps(d)  # the eval command prints it
+
+
+def test_label25_majority_error_is_the_error_with_footnote_22s_labels():
+    # Cluster 0's most confident case says 7, its majority 1; the test cases are all 1s,
+    # so the protocol gets them wrong and the majority labelling right.
+    train_y = one_hot_soft(np.array([0, 0, 0, 1]), np.array([0.5, 0.9, 0.6, 0.8]), 3)
+    test_y = one_hot_soft(np.array([0, 0, 1, 2]), np.full(4, 0.8), 3)
+    err, d = label25_error(train_y, np.array([1, 7, 1, 4]), test_y, np.array([1, 1, 4, 4]))
+    assert d["cluster_labels"] == [7, 4, None] and d["majority_labels"] == [1, 4, None]
+    assert err == pytest.approx(3 / 4)  # only test 2 right; test 3's cluster is unlabelled
+    assert d["majority_error"] == pytest.approx(1 / 4)
+    assert d["majority_agreement"] == 1
 
 
 def test_label25_budget_labels_the_largest_clusters():

@@ -78,9 +78,10 @@ def evaluate_model(model: CapsuleAutoencoder, data: dict, n_test: int | None = N
         train_code = model.encode(train_x)
         err, details = label25_error(train_code.mixture, train_y, test_code.mixture, test_y)
         out["label25_error"] = float(err)
+        out["label25_error_majority_labels"] = details["majority_error"]  # footnote 22
         out["label25_details"] = {k: details[k] for k in ("cluster_labels", "n_labels_used",
-                                                          "unlabelled_test_fraction")
-                                  if k in details}
+                                                          "unlabelled_test_fraction",
+                                                          "majority_agreement")}
         y = test_code.mixture
         out["mixture_max_y_mean"] = float(y.max(axis=1).mean())
         out["mixture_clusters_used"] = int((np.bincount(y.argmax(1), minlength=y.shape[1]) > 0).sum())
