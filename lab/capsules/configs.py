@@ -7,25 +7,17 @@ keyword hyperparameters (sklearn's habit: a dashboard can build controls from
 - ``mnist-thesis`` (2.6.1): the optimized mixture of fig 2.12 with 25 CCs, 9 ACs of
   11x11, 30 distortion variables dropped out at 1/2, GPNN encoder 3x666 with 50%
   dropout, RMM noise U(0, 10), maxSemiSoft output, batch 500. The distortion -> AC
-  poses function is a GPNN of the same size without dropout (2.3.4). The conservative
-  optimizer's alphas are not in the thesis; (0.1, 10, 2e-4, 4e-6) gives the rule
-  pattern of its fig 2.13 (see CONFIGS); on the 2-core CPU (benchmarks/results/
-  capsules_runs_cpu.json, ~1,000 images/s) 125 minutes (15,879 steps) reach a test
-  error of 0.0225 per pixel (33% of variance; the mean image: 0.0674) and a 25-label
-  error of 62.8% (the manager not yet committed), 235 minutes (29,041 steps) 0.0178
-  (26%) and 43.1%, the training loss still falling. Since session 11 the preset sets
-  ``decoder_y_init=4`` (an initialisation the thesis leaves open): every CC starts
-  with its own constellation, so the manager has something to choose between from the
-  start instead of CCs that all learn the same thing from the 1/25 of the images the
-  RMM's noise hands each. From the same seeds, beside the scale-1 preset: held-out
-  error lower at 88 of 92 evaluations (seed 0) and 37 of 41 (seed 1); the manager
-  (test time, no noise) mean max y 0.35 at step 9,874 against 0.10 at 10,335 (seed 0);
-  test / 25-label error 0.0223 / 29.6% at step 14,791 (scale 1: 0.0225 / 62.8% at
-  15,879) and 0.0195 / 22.6% at 18,431 (scale 1 reached 30.5% only at 34,558); seed 1:
-  0.0324 / 47.5% at step 8,834 against 0.0359 / 64.4% at 8,356. Scale 8 (seed 0):
-  0.0232 / 20.4% at step 14,282, but slower before step 6,000. With the earlier alphas
-  (0.1, 1, 2e-4, 2e-4), 95 minutes (11,004 steps) reached 0.0347 (51%) and 51%; the
-  manager started to choose only after ~5,000 steps. Known hazards for long runs:
+  poses function is a GPNN of the same size without dropout (2.3.4). Two choices the
+  thesis leaves open (see CONFIGS): the conservative optimizer's alphas, (0.1, 10,
+  2e-4, 4e-6) for the rule pattern of its fig 2.13, and ``decoder_y_init=4``: every
+  CC starts with its own constellation, so the manager has something to choose
+  between from the start instead of CCs that all learn the same thing from the 1/25
+  of the images the RMM's noise hands each (seed 0, 25-label error: 62.8% at step
+  15,879 with scale 1, 29.6% at 14,791 with scale 4). On the 2-core CPU (~1,750
+  images/s on one thread) seed 0 reached a test error of 0.0145 per pixel (21.5% of
+  variance) and a 25-label error of 7.2% in 45,786 steps (205 minutes), still falling;
+  seed 1 10.9% at step 36,730 (thesis: 0.0069, 1.74%; every run in
+  benchmarks/results/capsules_runs_cpu.json and notebook 15). Known hazards for long runs:
   with per-element step rules (Adam, or these alphas at 1e-3) the 666-unit GPNNs move
   the poses so far in the first ~20 steps that the CC intensity collapses and the ACs
   leave the canvas (output all zero, gradients gone); ``step_fan_in_ref=200`` plus
