@@ -197,15 +197,21 @@ def test_cli_train_and_eval(tmp_path, capsys):
              "--set", "decoder_hidden=6", "--set", "n_distortions=2", "--set", "batch_size=20",
              "--set", "n_valid=20", "--set", "eval_every=2"]
     assert main(["train", "capsules", "--config", "mnist-quick", "--steps", "3", "--out", str(out),
-                 "--checkpoint-seconds", "0", *small]) == 0
+                 "--checkpoint-seconds", "0", "--keep-every", "2", *small]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 3
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "event" not in r] == [1, 2, 3]
     assert (out / "final.npz").exists() and list(out.glob("ckpt-*.npz"))
     assert main(["train", "capsules", "--config", "mnist-quick", "--steps", "2", "--out", str(out),
-                 "--resume", "--checkpoint-seconds", "1000", *small]) == 0
-    assert json.loads(capsys.readouterr().out)["steps"] == 5
+                 "--resume", "--checkpoint-seconds", "1000", "--keep-every", "2", *small]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 5          # resumed from final.npz
+    # --keep-every: the states at steps 2 and 4 stay, outside the pruned ckpt-*.npz
+    assert sorted(p.name for p in out.glob("snapshot-*.npz")) == ["snapshot-000000002.npz",
+                                                                  "snapshot-000000004.npz"]
+    assert main(["eval", "capsules", str(out / "snapshot-000000002.npz"), "--n-test", "50",
+                 "--n-train", "100", "--no-kmeans"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
     assert main(["eval", "capsules", str(out), "--n-test", "200", "--n-train", "500"]) == 0
     res = json.loads(capsys.readouterr().out)
     for key in ("recon_error_test_dropout", "recon_error_test_nodropout",
@@ -304,3 +310,6 @@ def test_run_options_that_cannot_go_together(tmp_path, capsys):
     assert main(["train", "capsules", "--steps", "1", "--resume", "--host-random",
                  "--out", str(tmp_path / "cli")]) == 2
     assert "fresh runs" in capsys.readouterr().err
+    assert main(["train", "capsules", "--steps", "1", "--keep-every", "0",
+                 "--out", str(tmp_path / "cli")]) == 2
+    assert "--keep-every" in capsys.readouterr().err

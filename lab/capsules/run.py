@@ -37,10 +37,13 @@ def limit_blas_threads(n: int | None):
     return threadpool_limits(limits=int(n), user_api="blas")
 
 
-def check_run_options(minutes, steps, resume: bool = False, host_random: bool = False) -> None:
+def check_run_options(minutes, steps, resume: bool = False, host_random: bool = False,
+                      keep_every: int | None = None) -> None:
     """Raise ``ValueError`` for options that cannot go together (before anything loads)."""
     if minutes is None and steps is None:
         raise ValueError("give --minutes M and/or --steps N")
+    if keep_every is not None and keep_every < 1:
+        raise ValueError(f"--keep-every must be a number of steps >= 1, got {keep_every}")
     if resume and host_random:
         raise ValueError("--host-random is for fresh runs, not with --resume")
 
@@ -49,18 +52,20 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
               steps: int | None = None, optimizer: str | None = None, resume: bool = False,
               checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
               log_every: int = 1, device="cpu", host_random: bool = False,
-              graph: bool | None = None) -> dict:
+              graph: bool | None = None, keep_every: int | None = None) -> dict:
     """Train until ``minutes`` of wall time or ``steps`` updates (whichever first); returns a
     summary dict (also written to ``DIR/summary.json``). ``device``: cpu, gpu or auto
     (on the GPU only the trainer's check steps carry the loss; see ``CapsuleTrainer``).
     ``host_random``: a fresh run draws the CPU's random numbers on any device
     (``CapsuleTrainer.use_host_random``), to compare a GPU run with the CPU run.
     ``graph``: replay the GPU step as a CUDA graph (None: where it can; see
-    ``lab.capsules.graph_step``)."""
+    ``lab.capsules.graph_step``). ``keep_every``: also save the state at every multiple
+    of this many steps as ``DIR/snapshot-STEP.npz``, never pruned (the periodic
+    ``ckpt-*.npz`` keep only the newest 3), to evaluate a long run's history."""
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.checkpoint import newest_checkpoint, save_step_checkpoint  # noqa: PLC0415
     from lab.progress import Progress  # noqa: PLC0415
-    check_run_options(minutes, steps, resume, host_random)
+    check_run_options(minutes, steps, resume, host_random, keep_every)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config, data_path)
@@ -108,6 +113,11 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
                 for ev in trainer.events[n_events:]:
                     write_jsonl(metrics_path, {"event": "rollback", **ev})
                 n_events = len(trainer.events)
+            if keep_every and trainer.step_count % keep_every == 0:
+                snapshot = out / f"snapshot-{trainer.step_count:09d}.npz"
+                trainer.save(snapshot)
+                write_jsonl(metrics_path, {"event": "snapshot", "step": trainer.step_count,
+                                           "path": snapshot.name})
             if time.monotonic() - last_ckpt >= checkpoint_seconds:
                 arrays, meta = trainer.state_dict()
                 path = save_step_checkpoint(out, trainer.step_count, arrays, meta, keep=3)

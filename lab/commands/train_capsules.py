@@ -29,7 +29,11 @@ def register(subparsers) -> None:
                    help="GPU: issue every step's kernels from Python instead of replaying the step "
                         "recorded as a CUDA graph (the default with the conservative optimizer)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
-    p.add_argument("--checkpoint-seconds", type=float, default=60.0)
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="save DIR/ckpt-STEP.npz this often (the newest 3 are kept)")
+    p.add_argument("--keep-every", type=int, default=None, metavar="STEPS",
+                   help="also keep the state every STEPS steps as DIR/snapshot-STEP.npz, never "
+                        "deleted (evaluate one with lab eval capsules DIR/snapshot-STEP.npz)")
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads (default 1: faster than 2 on a busy 2-core machine)")
     p.add_argument("--data-dir", default=None, help="data directory (default: LAB_DATA_DIR/cache)")
@@ -57,7 +61,7 @@ def run(args) -> int:
     from lab.capsules.configs import get_config  # noqa: PLC0415
     from lab.capsules.run import check_run_options, limit_blas_threads, train_run  # noqa: PLC0415
     try:
-        check_run_options(args.minutes, args.steps, args.resume, args.host_random)
+        check_run_options(args.minutes, args.steps, args.resume, args.host_random, args.keep_every)
     except ValueError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +82,6 @@ def run(args) -> int:
                             optimizer=args.optimizer, resume=args.resume,
                             checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir,
                             device=backend, host_random=args.host_random,
-                            graph=None if args.graph else False)
+                            graph=None if args.graph else False, keep_every=args.keep_every)
     print(json.dumps(summary, indent=2))
     return 0
