@@ -273,6 +273,40 @@ def test_resume_continues_from_the_final_state_not_an_older_checkpoint(data, tmp
     assert steps == list(range(1, 13))                  # no step logged twice
 
 
+def test_resume_takes_the_checkpoints_config_and_only_schedule_overrides(data, tmp_path, capsys):
+    """A resumed run keeps its checkpoint's config (not the caller's), may switch the
+    plateau rule on or change eval_every (logged as an event, saved in later
+    checkpoints), and refuses to change anything else before anything is loaded."""
+    from unittest import mock
+
+    from lab.capsules.run import train_run
+    from lab.cli import main
+    cfg = tiny_config()
+    with mock.patch("lab.capsules.run.load_data", return_value={"train": (data[0], None),
+                                                                "valid": (data[1], None)}) as ld:
+        train_run(cfg, tmp_path / "a", steps=3, progress=False, checkpoint_seconds=1e9)
+        other = tiny_config(name="other", n_components=5)       # e.g. a forgotten --config
+        summary = train_run(other, tmp_path / "a", steps=2, progress=False, resume=True,
+                            checkpoint_seconds=1e9,
+                            resume_overrides={"plateau_patience": 4, "eval_every": 1,
+                                              "n_components": 3})   # restated, not changed
+    assert ld.call_args.args[0].n_components == 3 and summary["config"] == "tiny"
+    final = load_checkpoint(tmp_path / "a" / "final.npz")[1]["config"]
+    assert (final["plateau_patience"], final["eval_every"], final["n_components"]) == (4, 1, 3)
+    events = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert {"event": "resume_overrides", "step": 3, "plateau_patience": 4, "eval_every": 1} in events
+    assert sum("valid_recon_nodropout" in e for e in events if e.get("step", 0) > 3) == 2
+    with pytest.raises(ValueError, match="only eval_every, plateau_patience"):
+        CapsuleTrainer.load(tmp_path / "a" / "final.npz", data[0], data[1],
+                            overrides={"batch_size": 8})
+    with pytest.raises(ValueError, match="plateau_patience=-1"):
+        CapsuleTrainer.load(tmp_path / "a" / "final.npz", data[0], data[1],
+                            overrides={"plateau_patience": -1})
+    assert main(["train", "capsules", "--steps", "1", "--resume", "--out", str(tmp_path / "a"),
+                 "--set", "batch_size=8"]) == 2
+    assert "--set batch_size: a resumed run keeps its checkpoint's config" in capsys.readouterr().err
+
+
 def test_plateau_cuts_the_step_sizes_and_survives_a_resume(data, tmp_path, monkeypatch):
     """plateau_patience=2: after two held-out evaluations without a new best, every step
     size is halved (once per plateau); the counters go through a checkpoint, and a NaN

@@ -50,6 +50,7 @@ keyword hyperparameters (sklearn's habit: a dashboard can build controls from
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 
@@ -137,6 +138,27 @@ CONFIGS: dict[str, dict] = {
                                dropout=0.1, distortion_dropout=0.1, manager_noise=0.0,
                                batch_size=40, usage_alpha=0.0, n_valid=40, eval_every=50),
 }
+
+
+# What ``--resume --set`` may change: the training schedule, read afresh at every step.
+# Everything else is baked into the checkpoint's parameters or optimizer state.
+RESUMABLE_FIELDS = ("eval_every", "plateau_patience")
+
+
+def resume_changes(saved: dict, overrides: dict) -> dict:
+    """The ``overrides`` that change the checkpoint's config ``saved`` (a repeated
+    command line may restate the rest); a ValueError names any that a resumed run
+    cannot take (see RESUMABLE_FIELDS)."""
+    changes = {k: v for k, v in overrides.items() if json.loads(json.dumps(v)) != saved.get(k)}
+    fixed = sorted(set(changes) - set(RESUMABLE_FIELDS))
+    if fixed:
+        raise ValueError(f"--set {', '.join(fixed)}: a resumed run keeps its checkpoint's config; "
+                         f"only {', '.join(RESUMABLE_FIELDS)} can change (start a fresh run in "
+                         "another directory to change the rest)")
+    for key, value in changes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"--set {key}={value!r}: expected a whole number >= 0")
+    return changes
 
 
 def config_names() -> list[str]:

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from lab.capsules.configs import CapsuleConfig
+from lab.capsules.configs import CapsuleConfig, resume_changes
 from lab.capsules.data import load_data
 from lab.capsules.trainer import CapsuleTrainer, write_jsonl
 
@@ -52,7 +52,8 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
               steps: int | None = None, optimizer: str | None = None, resume: bool = False,
               checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
               log_every: int = 1, device="cpu", host_random: bool = False,
-              graph: bool | None = None, keep_every: int | None = None) -> dict:
+              graph: bool | None = None, keep_every: int | None = None,
+              resume_overrides: dict | None = None) -> dict:
     """Train until ``minutes`` of wall time or ``steps`` updates (whichever first); returns a
     summary dict (also written to ``DIR/summary.json``). ``device``: cpu, gpu or auto
     (on the GPU only the trainer's check steps carry the loss; see ``CapsuleTrainer``).
@@ -61,19 +62,29 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     ``graph``: replay the GPU step as a CUDA graph (None: where it can; see
     ``lab.capsules.graph_step``). ``keep_every``: also save the state at every multiple
     of this many steps as ``DIR/snapshot-STEP.npz``, never pruned (the periodic
-    ``ckpt-*.npz`` keep only the newest 3), to evaluate a long run's history."""
+    ``ckpt-*.npz`` keep only the newest 3), to evaluate a long run's history.
+    ``resume_overrides``: when resuming, the schedule fields to change from the
+    checkpoint's config on (``configs.resume_changes``; logged as an event); a resumed
+    run otherwise takes its config, seed and optimizer from the checkpoint."""
     from lab.backend import Backend, get_backend  # noqa: PLC0415
-    from lab.checkpoint import newest_checkpoint, save_step_checkpoint  # noqa: PLC0415
+    from lab.checkpoint import (newest_checkpoint, read_checkpoint_record,  # noqa: PLC0415
+                                save_step_checkpoint)
     from lab.progress import Progress  # noqa: PLC0415
     check_run_options(minutes, steps, resume, host_random, keep_every)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt = newest_checkpoint(out) if resume else None
+    changes = {}
+    if ckpt is not None:        # the checkpoint's config picks the data, not the caller's
+        saved = read_checkpoint_record(ckpt)["meta"]["config"]
+        changes = resume_changes(saved, resume_overrides or {})
+        config = CapsuleConfig.from_dict({**saved, **changes})
     data = load_data(config, data_path)
     train, valid = data["train"][0], data["valid"][0]
     backend = device if isinstance(device, Backend) else get_backend(device)
-    ckpt = newest_checkpoint(out) if resume else None
     if ckpt is not None:
-        trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend, graph=graph)
+        trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend, graph=graph,
+                                      overrides=changes)
     else:
         trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer, device=backend,
                                  graph=graph)
@@ -86,6 +97,8 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     total = minutes * 60.0 if minutes is not None else float(steps)
     unit = "s" if minutes is not None else "it"
     n_events = len(trainer.events)
+    if changes:
+        write_jsonl(metrics_path, {"event": "resume_overrides", "step": trainer.step_count, **changes})
     best_path = out / "best.json"       # the best held-out error so far (kept across --resume)
     best = json.loads(best_path.read_text()) if best_path.is_file() else None
     with Progress(total if progress else None, f"capsules {config.name}", unit=unit) as bar:
@@ -135,9 +148,9 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     seconds = time.monotonic() - t_start
     trainer.save(out / "final.npz")
     n_steps = trainer.step_count - start_step
-    summary = {"config": config.name, "seed": seed, "steps": trainer.step_count,
+    summary = {"config": trainer.config.name, "seed": trainer.seed, "steps": trainer.step_count,
                "steps_this_run": n_steps, "seconds": round(seconds, 2),
-               "images_per_second": round(n_steps * config.batch_size / max(seconds, 1e-9), 2),
+               "images_per_second": round(n_steps * trainer.config.batch_size / max(seconds, 1e-9), 2),
                "valid_recon_nodropout": trainer.evaluate(), "rollbacks": len(trainer.events),
                "optimizer": trainer.optimizer_name, "device": trainer.backend.name,
                "best": best}

@@ -44,7 +44,7 @@ from lab.autodiff import no_grad
 from lab.backend import Backend, HostRandomStream, RandomStream, get_backend, to_numpy
 from lab.capsules.analysis import active_acs
 from lab.capsules.autoencoders import CapsuleAutoencoder, build_model
-from lab.capsules.configs import CapsuleConfig
+from lab.capsules.configs import CapsuleConfig, resume_changes
 from lab.checkpoint import load_checkpoint, save_checkpoint, split_arrays
 from lab.optim import make_optimizer
 
@@ -424,11 +424,14 @@ class CapsuleTrainer:
 
     @classmethod
     def load(cls, path, train_images, valid_images=None, device="cpu",
-             sync_every: int | None = None, graph: bool | None = None) -> "CapsuleTrainer":
+             sync_every: int | None = None, graph: bool | None = None,
+             overrides: dict | None = None) -> "CapsuleTrainer":
         """A trainer restored from checkpoint ``path`` (its config, seed and optimizer), on
-        ``device`` (a checkpoint is device-neutral; exact resume is promised on the CPU)."""
+        ``device`` (a checkpoint is device-neutral; exact resume is promised on the CPU).
+        ``overrides``: schedule fields to change from here on (``RESUMABLE_FIELDS``)."""
         arrays, meta = load_checkpoint(path)
-        config = CapsuleConfig.from_dict(meta["config"])
+        config = CapsuleConfig.from_dict({**meta["config"],
+                                          **resume_changes(meta["config"], overrides or {})})
         trainer = cls(config, train_images, valid_images, seed=meta["seed"],
                       optimizer=meta.get("optimizer_name"), device=device, sync_every=sync_every,
                       graph=graph)

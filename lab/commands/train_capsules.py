@@ -28,7 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-graph", dest="graph", action="store_false",
                    help="GPU: issue every step's kernels from Python instead of replaying the step "
                         "recorded as a CUDA graph (the default with the conservative optimizer)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in DIR, with its config, seed and "
+                        "optimizer (--set may change only eval_every and plateau_patience; other --set "
+                        "values must equal the checkpoint's)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
                    help="save DIR/ckpt-STEP.npz this often (the newest 3 are kept)")
     p.add_argument("--keep-every", type=int, default=None, metavar="STEPS",
@@ -38,7 +41,8 @@ def register(subparsers) -> None:
                    help="BLAS threads (default 1: faster than 2 on a busy 2-core machine)")
     p.add_argument("--data-dir", default=None, help="data directory (default: LAB_DATA_DIR/cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="override a config field, e.g. --set batch_size=200")
+                   help="override a config field, e.g. --set batch_size=200 (with --resume: "
+                        "eval_every or plateau_patience only)")
     p.set_defaults(func=run)
 
 
@@ -58,20 +62,25 @@ def parse_overrides(items) -> dict:
 
 
 def run(args) -> int:
-    from lab.capsules.configs import get_config  # noqa: PLC0415
+    from lab.capsules.configs import get_config, resume_changes  # noqa: PLC0415
     from lab.capsules.run import check_run_options, limit_blas_threads, train_run  # noqa: PLC0415
+    from lab.checkpoint import newest_checkpoint, read_checkpoint_record  # noqa: PLC0415
     try:
         check_run_options(args.minutes, args.steps, args.resume, args.host_random, args.keep_every)
     except ValueError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
     from lab.backend import GPUUnavailableError, get_backend  # noqa: PLC0415
+    out = args.out or f"runs/capsules-{args.config}"
     try:
-        config = get_config(args.config, **parse_overrides(args.set))
+        overrides = parse_overrides(args.set)
+        config = get_config(args.config, **overrides)
+        ckpt = newest_checkpoint(out) if args.resume else None
+        if ckpt is not None:
+            resume_changes(read_checkpoint_record(ckpt)["meta"]["config"], overrides)
     except ValueError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
-    out = args.out or f"runs/capsules-{args.config}"
     try:
         backend = get_backend(args.device)
     except GPUUnavailableError as exc:
@@ -82,6 +91,7 @@ def run(args) -> int:
                             optimizer=args.optimizer, resume=args.resume,
                             checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir,
                             device=backend, host_random=args.host_random,
-                            graph=None if args.graph else False, keep_every=args.keep_every)
+                            graph=None if args.graph else False, keep_every=args.keep_every,
+                            resume_overrides=overrides if args.resume else None)
     print(json.dumps(summary, indent=2))
     return 0
