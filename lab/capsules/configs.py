@@ -145,19 +145,23 @@ CONFIGS: dict[str, dict] = {
 RESUMABLE_FIELDS = ("eval_every", "plateau_patience")
 
 
+class ResumeConfigError(ValueError):
+    """An override that a resumed run cannot take (``resume_changes``)."""
+
+
 def resume_changes(saved: dict, overrides: dict) -> dict:
     """The ``overrides`` that change the checkpoint's config ``saved`` (a repeated
-    command line may restate the rest); a ValueError names any that a resumed run
-    cannot take (see RESUMABLE_FIELDS)."""
+    command line may restate the rest); a ResumeConfigError names any that a resumed
+    run cannot take (see RESUMABLE_FIELDS)."""
     changes = {k: v for k, v in overrides.items() if json.loads(json.dumps(v)) != saved.get(k)}
     fixed = sorted(set(changes) - set(RESUMABLE_FIELDS))
     if fixed:
-        raise ValueError(f"--set {', '.join(fixed)}: a resumed run keeps its checkpoint's config; "
+        raise ResumeConfigError(f"--set {', '.join(fixed)}: a resumed run keeps its checkpoint's config; "
                          f"only {', '.join(RESUMABLE_FIELDS)} can change (start a fresh run in "
                          "another directory to change the rest)")
     for key, value in changes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"--set {key}={value!r}: expected a whole number >= 0")
+            raise ResumeConfigError(f"--set {key}={value!r}: expected a whole number >= 0")
     return changes
 
 

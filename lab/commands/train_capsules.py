@@ -62,9 +62,8 @@ def parse_overrides(items) -> dict:
 
 
 def run(args) -> int:
-    from lab.capsules.configs import get_config, resume_changes  # noqa: PLC0415
+    from lab.capsules.configs import ResumeConfigError, get_config  # noqa: PLC0415
     from lab.capsules.run import check_run_options, limit_blas_threads, train_run  # noqa: PLC0415
-    from lab.checkpoint import newest_checkpoint, read_checkpoint_record  # noqa: PLC0415
     try:
         check_run_options(args.minutes, args.steps, args.resume, args.host_random, args.keep_every)
     except ValueError as exc:
@@ -75,9 +74,6 @@ def run(args) -> int:
     try:
         overrides = parse_overrides(args.set)
         config = get_config(args.config, **overrides)
-        ckpt = newest_checkpoint(out) if args.resume else None
-        if ckpt is not None:
-            resume_changes(read_checkpoint_record(ckpt)["meta"]["config"], overrides)
     except ValueError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
@@ -86,12 +82,16 @@ def run(args) -> int:
     except GPUUnavailableError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
-    with limit_blas_threads(args.threads):
-        summary = train_run(config, out, seed=args.seed, minutes=args.minutes, steps=args.steps,
-                            optimizer=args.optimizer, resume=args.resume,
-                            checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir,
-                            device=backend, host_random=args.host_random,
-                            graph=None if args.graph else False, keep_every=args.keep_every,
-                            resume_overrides=overrides if args.resume else None)
+    try:
+        with limit_blas_threads(args.threads):
+            summary = train_run(config, out, seed=args.seed, minutes=args.minutes, steps=args.steps,
+                                optimizer=args.optimizer, resume=args.resume,
+                                checkpoint_seconds=args.checkpoint_seconds, data_path=args.data_dir,
+                                device=backend, host_random=args.host_random,
+                                graph=None if args.graph else False, keep_every=args.keep_every,
+                                resume_overrides=overrides if args.resume else None)
+    except ResumeConfigError as exc:        # raised before the data is loaded
+        print(f"lab train capsules: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0
