@@ -1,6 +1,7 @@
 """CapsuleTrainer: learning, checkpoints, resume equality, NaN rollback, CLI (thesis 2.5-2.6)."""
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -274,23 +275,34 @@ def test_resume_continues_from_the_final_state_not_an_older_checkpoint(data, tmp
 
 
 def test_resume_takes_the_checkpoints_config_and_only_schedule_overrides(data, tmp_path, capsys):
-    """A resumed run keeps its checkpoint's config (not the caller's), may switch the
-    plateau rule on or change eval_every (logged as an event, saved in later
-    checkpoints), and refuses to change anything else before anything is loaded."""
+    """A resumed run keeps its checkpoint's config, seed and optimizer (a caller that
+    names others is refused), may switch the plateau rule on or change eval_every
+    (logged as an event, saved in later checkpoints), and refuses to change anything
+    else, all before anything is loaded."""
     from unittest import mock
 
+    from lab.capsules.configs import ResumeConfigError
     from lab.capsules.run import train_run
     from lab.cli import main
     cfg = tiny_config()
     with mock.patch("lab.capsules.run.load_data", return_value={"train": (data[0], None),
                                                                 "valid": (data[1], None)}) as ld:
-        train_run(cfg, tmp_path / "a", steps=3, progress=False, checkpoint_seconds=1e9)
-        other = tiny_config(name="other", n_components=5)       # e.g. a forgotten --config
-        summary = train_run(other, tmp_path / "a", steps=2, progress=False, resume=True,
-                            checkpoint_seconds=1e9,
+        train_run(cfg, tmp_path / "a", steps=3, progress=False, checkpoint_seconds=1e9, seed=2)
+        for asked, named in [({"config": tiny_config(name="other")}, "--config other"),
+                             ({"seed": 0}, "--seed 0 (the checkpoint's is 2)"),
+                             ({"optimizer": "conservative"}, "--optimizer conservative")]:
+            with pytest.raises(ResumeConfigError, match=re.escape(named)):
+                train_run(**{"config": None, **asked}, out_dir=tmp_path / "a", steps=1,
+                          progress=False, resume=True)
+        with pytest.raises(ResumeConfigError, match="no checkpoint to resume in"):
+            train_run(None, tmp_path / "typo", steps=1, progress=False, resume=True)
+        assert ld.call_count == 1 and not (tmp_path / "typo").exists()
+        summary = train_run(None, tmp_path / "a", steps=2, progress=False, resume=True,
+                            checkpoint_seconds=1e9, seed=2,         # restated, not changed
                             resume_overrides={"plateau_patience": 4, "eval_every": 1,
                                               "n_components": 3})   # restated, not changed
     assert ld.call_args.args[0].n_components == 3 and summary["config"] == "tiny"
+    assert summary["seed"] == 2 and summary["optimizer"] == "adam"
     final = load_checkpoint(tmp_path / "a" / "final.npz")[1]["config"]
     assert (final["plateau_patience"], final["eval_every"], final["n_components"]) == (4, 1, 3)
     events = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -305,6 +317,12 @@ def test_resume_takes_the_checkpoints_config_and_only_schedule_overrides(data, t
     assert main(["train", "capsules", "--steps", "1", "--resume", "--out", str(tmp_path / "a"),
                  "--set", "batch_size=8"]) == 2
     assert "--set batch_size: a resumed run keeps its checkpoint's config" in capsys.readouterr().err
+    for option in (["--seed", "1"], ["--config", "mnist-quick"]):     # not silently ignored
+        assert main(["train", "capsules", "--steps", "1", "--resume", "--out", str(tmp_path / "a"),
+                     *option]) == 2
+        assert f"{' '.join(option)} (the checkpoint's is" in capsys.readouterr().err
+    assert main(["train", "capsules", "--steps", "1", "--resume", "--out", str(tmp_path / "b")]) == 2
+    assert "no checkpoint to resume in" in capsys.readouterr().err
 
 
 def test_plateau_cuts_the_step_sizes_and_survives_a_resume(data, tmp_path, monkeypatch):

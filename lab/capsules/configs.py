@@ -146,7 +146,8 @@ RESUMABLE_FIELDS = ("eval_every", "plateau_patience")
 
 
 class ResumeConfigError(ValueError):
-    """An override that a resumed run cannot take (``resume_changes``)."""
+    """What a resumed run cannot take: a changed config field (``resume_changes``), config,
+    seed or optimizer (``run.check_resume_identity``), or a missing checkpoint."""
 
 
 def resume_changes(saved: dict, overrides: dict) -> dict:

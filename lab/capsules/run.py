@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from lab.capsules.configs import CapsuleConfig, resume_changes
+from lab.capsules.configs import CapsuleConfig, ResumeConfigError, resume_changes
 from lab.capsules.data import load_data
 from lab.capsules.trainer import CapsuleTrainer, write_jsonl
 
@@ -48,9 +48,25 @@ def check_run_options(minutes, steps, resume: bool = False, host_random: bool = 
         raise ValueError("--host-random is for fresh runs, not with --resume")
 
 
-def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | None = None,
-              steps: int | None = None, optimizer: str | None = None, resume: bool = False,
-              checkpoint_seconds: float = 60.0, data_path=None, progress: bool = True,
+def check_resume_identity(meta: dict, config: CapsuleConfig | None, seed: int | None,
+                          optimizer: str | None) -> None:
+    """Raise ``ResumeConfigError`` when a resumed run is asked for another config, seed
+    or optimizer than its checkpoint's ``meta`` holds (None: not asked; restating the
+    checkpoint's own is fine), instead of silently going on with the checkpoint's."""
+    asked = {"--config": (config.name if config is not None else None, meta["config"]["name"]),
+             "--seed": (seed, meta["seed"]), "--optimizer": (optimizer, meta["optimizer_name"])}
+    wrong = [f"{option} {mine} (the checkpoint's is {theirs})"
+             for option, (mine, theirs) in asked.items() if mine is not None and mine != theirs]
+    if wrong:
+        raise ResumeConfigError(f"{'; '.join(wrong)}: a resumed run keeps its checkpoint's config, "
+                                "seed and optimizer (leave these out to resume, or start a fresh "
+                                "run in another directory)")
+
+
+def train_run(config: CapsuleConfig | None, out_dir, seed: int | None = None,
+              minutes: float | None = None, steps: int | None = None,
+              optimizer: str | None = None, resume: bool = False, checkpoint_seconds: float = 60.0,
+              data_path=None, progress: bool = True,
               log_every: int = 1, device="cpu", host_random: bool = False,
               graph: bool | None = None, keep_every: int | None = None,
               resume_overrides: dict | None = None) -> dict:
@@ -65,20 +81,27 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
     ``ckpt-*.npz`` keep only the newest 3), to evaluate a long run's history.
     ``resume_overrides``: when resuming, the schedule fields to change from the
     checkpoint's config on (``configs.resume_changes``; logged as an event); a resumed
-    run otherwise takes its config, seed and optimizer from the checkpoint."""
+    run otherwise takes its config, seed and optimizer from the checkpoint: ``config``
+    (then only its name is compared), ``seed`` and ``optimizer`` may be None there, and
+    must match the checkpoint's where given (``check_resume_identity``). A fresh run
+    needs ``config``; its seed defaults to 0."""
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.checkpoint import (newest_checkpoint, read_checkpoint_record,  # noqa: PLC0415
                                 save_step_checkpoint)
     from lab.progress import Progress  # noqa: PLC0415
     check_run_options(minutes, steps, resume, host_random, keep_every)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = newest_checkpoint(out) if resume else None
+    ckpt = newest_checkpoint(out) if resume and out.is_dir() else None
     changes = {}
     if ckpt is not None:        # the checkpoint's config picks the data, not the caller's
-        saved = read_checkpoint_record(ckpt)["meta"]["config"]
-        changes = resume_changes(saved, resume_overrides or {})
-        config = CapsuleConfig.from_dict({**saved, **changes})
+        meta = read_checkpoint_record(ckpt)["meta"]
+        check_resume_identity(meta, config, seed, optimizer)
+        changes = resume_changes(meta["config"], resume_overrides or {})
+        config = CapsuleConfig.from_dict({**meta["config"], **changes})
+    elif config is None:        # e.g. a mistyped --out
+        raise ResumeConfigError(f"no checkpoint to resume in {out} (give --config to start a fresh "
+                                "run there)" if resume else "a fresh run needs a config")
+    out.mkdir(parents=True, exist_ok=True)
     data = load_data(config, data_path)
     train, valid = data["train"][0], data["valid"][0]
     backend = device if isinstance(device, Backend) else get_backend(device)
@@ -86,8 +109,8 @@ def train_run(config: CapsuleConfig, out_dir, seed: int = 0, minutes: float | No
         trainer = CapsuleTrainer.load(ckpt, train, valid, device=backend, graph=graph,
                                       overrides=changes)
     else:
-        trainer = CapsuleTrainer(config, train, valid, seed=seed, optimizer=optimizer, device=backend,
-                                 graph=graph)
+        trainer = CapsuleTrainer(config, train, valid, seed=0 if seed is None else seed,
+                                 optimizer=optimizer, device=backend, graph=graph)
         if host_random:
             trainer.use_host_random()
     metrics_path = out / "metrics.jsonl"

@@ -12,11 +12,12 @@ def register(subparsers) -> None:
         "capsules", help="capsule autoencoder (thesis chapter 2)",
         description="Train a capsule autoencoder (thesis ch. 2); writes DIR/metrics.jsonl, "
                     "DIR/ckpt-*.npz, DIR/final.npz and DIR/summary.json.")
-    p.add_argument("--config", default="mnist-quick", choices=config_names())
+    p.add_argument("--config", default=None, choices=config_names(),
+                   help="default: mnist-quick, or with --resume the checkpoint's")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--steps", type=int, default=None, help="number of minibatch updates")
     p.add_argument("--out", default=None, help="run directory (default runs/capsules-CONFIG)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default: 0, or with --resume the checkpoint's")
     p.add_argument("--optimizer", choices=("conservative", "adam"), default=None,
                    help="default: the config's (conservative for mnist-thesis, as in 2.5.3)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"),
@@ -30,8 +31,8 @@ def register(subparsers) -> None:
                         "recorded as a CUDA graph (the default with the conservative optimizer)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in DIR, with its config, seed and "
-                        "optimizer (--set may change only eval_every and plateau_patience; other --set "
-                        "values must equal the checkpoint's)")
+                        "optimizer (--config, --seed, --optimizer and --set, where given, must equal "
+                        "the checkpoint's, except --set eval_every and plateau_patience)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
                    help="save DIR/ckpt-STEP.npz this often (the newest 3 are kept)")
     p.add_argument("--keep-every", type=int, default=None, metavar="STEPS",
@@ -70,10 +71,13 @@ def run(args) -> int:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
     from lab.backend import GPUUnavailableError, get_backend  # noqa: PLC0415
-    out = args.out or f"runs/capsules-{args.config}"
+    name = args.config or "mnist-quick"
+    out = args.out or f"runs/capsules-{name}"
     try:
         overrides = parse_overrides(args.set)
-        config = get_config(args.config, **overrides)
+        config = get_config(name, **overrides)     # checks the --set keys
+        if args.resume and args.config is None:
+            config = None                           # the checkpoint's
     except ValueError as exc:
         print(f"lab train capsules: {exc}", file=sys.stderr)
         return 2
