@@ -91,7 +91,7 @@ def train_run(config: CapsuleConfig | None, out_dir, seed: int | None = None,
     from lab.progress import Progress  # noqa: PLC0415
     check_run_options(minutes, steps, resume, host_random, keep_every)
     out = Path(out_dir)
-    ckpt = newest_checkpoint(out) if resume and out.is_dir() else None
+    ckpt = newest_checkpoint(out) if resume else None
     changes = {}
     if ckpt is not None:        # the checkpoint's config picks the data, not the caller's
         meta = read_checkpoint_record(ckpt)["meta"]
