@@ -52,7 +52,7 @@ def test_gpu_thesis_run_dry_run(tmp_path, capsys):
     import gpu_thesis_run  # noqa: PLC0415
     assert gpu_thesis_run.main(["--cpu-dry-run", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "gpu_thesis_run_dry.json").read_text())
-    assert res["overrides"] == {"plateau_patience": 10} == {"plateau_patience": res["config"]["plateau_patience"]}
+    assert res["overrides"] == {} and res["config"]["plateau_patience"] == 0   # the preset's
     steps = [p["step"] for p in res["held_out_curve"]]
     assert steps and steps == sorted(steps) and all(s % 5 == 0 for s in steps)
     assert res["train"]["steps"] >= steps[-1] and res["train"]["images_per_second"] > 0
@@ -65,8 +65,17 @@ def test_gpu_thesis_run_dry_run(tmp_path, capsys):
         assert 0 <= ev["label25_error"] <= 1
     assert res["eval_final"]["step"] == res["train"]["steps"]
     assert res["eval_best"]["step"] == res["train"]["best"]["step"]
+    # every snapshot (each 10th step in the dry run) evaluated, and the final state
+    snapshot_steps = [s["step"] for s in res["snapshots"]]
+    assert snapshot_steps == list(range(10, res["train"]["steps"] + 1, 10))
+    curve = res["label25_curve"]
+    assert [p["step"] for p in curve] == sorted({*snapshot_steps, res["train"]["steps"]})
+    assert curve[-1]["label25_error"] == res["eval_final"]["label25_error"]
+    assert all(0 < a["time_s"] < b["time_s"] for a, b in zip(curve, curve[1:]))
+    assert list(res["label25_first_crossings"]) == [str(t) for t in gpu_thesis_run.LABEL25_THRESHOLDS]
     printed = capsys.readouterr().out.rstrip().splitlines()
-    assert printed[-1].startswith("wrote ") and "25-label error" in printed[-3]
+    assert printed[-1].startswith("wrote ") and printed[-2].startswith("thesis (2.6.2")
+    assert any(line.startswith("final (step") and "25-label error" in line for line in printed)
     assert any(line.startswith("manager: a y_i >= 0.99") for line in printed)
 
 

@@ -153,7 +153,7 @@ def train_run(config: CapsuleConfig | None, out_dir, seed: int | None = None,
                 snapshot = out / f"snapshot-{trainer.step_count:09d}.npz"
                 trainer.save(snapshot)
                 write_jsonl(metrics_path, {"event": "snapshot", "step": trainer.step_count,
-                                           "path": snapshot.name})
+                                           "time": m["time"], "path": snapshot.name})
             if time.monotonic() - last_ckpt >= checkpoint_seconds:
                 arrays, meta = trainer.state_dict()
                 path = save_step_checkpoint(out, trainer.step_count, arrays, meta, keep=3)
