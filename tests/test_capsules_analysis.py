@@ -108,3 +108,44 @@ def test_load_metrics_keeps_the_records_a_resumed_run_went_on_from(tmp_path):
     got = load_metrics(tmp_path)
     assert [r["step"] for r in got] == [1, 2, 3, 4, 5]
     assert [r["loss"] for r in got] == [9.0, 8.0, 17.0, 16.0, 15.0]
+
+
+def test_code_search_finds_better_codes_than_the_encoder(model, images):
+    """2.2's encoder, measured: Adam on each image's code (decoder fixed) from the
+    encoder's code. Step 0 is the encoder's error; images are independent, so the batch
+    size cannot matter; the weights are never touched; {y_i} stay the encoder's."""
+    before = {k: p.data.copy() for k, p in model.params.items()}
+    r = an.code_search(model, images, steps=40, lr=0.05, every=20)
+    assert r["steps"].tolist() == [0, 20, 40] and r["raw"].shape == (12, model.code_offset.size)
+    direct = float(((model.reconstruct(images) - images) ** 2).mean())
+    assert r["error"][0] == pytest.approx(direct, rel=1e-5)
+    assert r["error"][2] < r["error"][1] < 0.9 * r["error"][0]
+    in_fives = an.code_search(model, images, steps=40, lr=0.05, every=20, batch_size=5)
+    np.testing.assert_allclose(in_fives["error"], r["error"], rtol=1e-4)
+    np.testing.assert_allclose(in_fives["raw"], r["raw"], rtol=1e-3, atol=1e-5)
+    C = model.config.n_components
+    encoder_raw = model.forward(images)["raw"].data
+    np.testing.assert_array_equal(r["raw"][:, :C], encoder_raw[:, :C])   # logits not moved
+    free = an.code_search(model, images, steps=5, lr=0.05, keep_mixture=False)
+    assert not np.allclose(free["raw"][:, :C], encoder_raw[:, :C])
+    for k, p in model.params.items():
+        assert p.requires_grad and np.array_equal(p.data, before[k]), k
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        an.code_search(model, images, steps=-1)
+
+
+def test_decode_raw_gradient_float64(images):
+    """The code gradient that code_search descends, against central differences."""
+    from lab.autodiff import Tensor, gradcheck
+    from lab.autodiff import sum as tsum
+    cfg = CapsuleConfig(name="tiny", image_size=8, n_components=3, n_acs=2, template_size=3,
+                        n_distortions=2, encoder_hidden=6, decoder_hidden=5)
+    m = build_model(cfg, seed=1, dtype=np.float64)
+    x = images[:4].reshape(4, -1).astype(np.float64)
+    out = m.forward(x)
+    raw, y = out["raw"].data, Tensor(out["mixture"].data)
+
+    def loss(r):
+        diff = m.decode_raw(r, mixture=y)["output"].reshape((4, 64)) - Tensor(x)
+        return tsum(diff * diff)
+    assert gradcheck(loss, [raw])

@@ -210,9 +210,15 @@ def test_cli_train_and_eval(tmp_path, capsys):
     # --keep-every: the states at steps 2 and 4 stay, outside the pruned ckpt-*.npz
     assert sorted(p.name for p in out.glob("snapshot-*.npz")) == ["snapshot-000000002.npz",
                                                                   "snapshot-000000004.npz"]
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["time"] >= 0) for e in events if e.get("event") == "snapshot"] == [
+        (2, True), (4, True)]           # with the wall time into its run, for time-to-X curves
     assert main(["eval", "capsules", str(out / "snapshot-000000002.npz"), "--n-test", "50",
-                 "--n-train", "100", "--no-kmeans"]) == 0
-    assert json.loads(capsys.readouterr().out)["step"] == 2
+                 "--n-train", "100", "--no-kmeans", "--code-search", "20",
+                 "--code-search-steps", "30"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["step"] == 2 and res["code_search"]["n_images"] == 20
+    assert res["code_search"]["searched_error"] < res["code_search"]["encoder_error"]
     assert main(["eval", "capsules", str(out), "--n-test", "200", "--n-train", "500"]) == 0
     res = json.loads(capsys.readouterr().out)
     for key in ("recon_error_test_dropout", "recon_error_test_nodropout",
@@ -365,3 +371,24 @@ def test_run_options_that_cannot_go_together(tmp_path, capsys):
     assert main(["train", "capsules", "--steps", "1", "--keep-every", "0",
                  "--out", str(tmp_path / "cli")]) == 2
     assert "--keep-every" in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_training_set_errors_of_fig_2_14(data, monkeypatch):
+    """The training-set errors are measured like the test set's, on the first
+    TRAIN_RECON_IMAGES training images: with the test set as the training set they agree."""
+    from lab.capsules import evaluate
+    from lab.capsules.autoencoders import build_model
+    model = build_model(tiny_config(dataset="olivetti"), seed=3)
+    x = data[0]
+    monkeypatch.setattr(evaluate, "TRAIN_RECON_IMAGES", 50)
+    res = evaluate.evaluate_model(model, {"train": (x[:50], None), "test": (x[:50], None)})
+    assert res["n_train_recon"] == 50
+    for name in ("dropout", "nodropout", "dropout_percent_variance", "nodropout_percent_variance"):
+        assert res[f"recon_error_train_{name}"] == res[f"recon_error_test_{name}"] > 0, name
+    assert res["recon_error_test_dropout"] != res["recon_error_test_nodropout"]
+    # only the first 50 of 80 training images: the same numbers again
+    more = evaluate.evaluate_model(model, {"train": (x, None), "test": (x[:50], None)})
+    assert {k: v for k, v in more.items() if "_train_" in k} == {
+        k: v for k, v in res.items() if "_train_" in k}
+    direct = float(((model.reconstruct(x[:50]) - x[:50]) ** 2).mean())
+    np.testing.assert_allclose(res["recon_error_train_nodropout"], direct, rtol=1e-6)  # float32

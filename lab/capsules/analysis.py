@@ -9,6 +9,7 @@ fig 2.16                   ``centres_of_gravity(model, images)``
 fig 2.17                   ``mfa_pixels_vs_poses(model, images)``
 fig 2.18 / 2.22            ``distortion_sweep(model, images)``
 fig 2.19                   ``component_reconstructions(model, images)``
+2.2 (the encoder's cost)   ``code_search(model, images)``: codes found by gradient descent
 =========================  =====================================================
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.autodiff import Tensor, no_grad
+from lab.autodiff import Tensor, no_grad, reshape
+from lab.backend import to_numpy
 from lab.capsules.autoencoders import CapsuleAutoencoder
 from lab.capsules.mfa import MFA
 
@@ -161,6 +163,54 @@ def component_reconstructions(model: CapsuleAutoencoder, images) -> dict:
     per = np.stack([model.decode(code, component=c) for c in range(code.n_components)], axis=1)
     return {"original": x, "chosen": model.decode(code), "per_component": per,
             "selected": code.selected()}
+
+
+def code_search(model: CapsuleAutoencoder, images, steps: int = 300, lr: float = 0.01,
+                keep_mixture: bool = True, every: int = 50, batch_size: int = 500) -> dict:
+    """How well the decoder could reconstruct ``images`` if each image's code were found
+    by gradient descent instead of by the encoder: Adam on the encoder's output (the
+    code layer before the offset), started from the encoder's code, decoder fixed,
+    test-time network. The encoder is "emphatically not the crucial ingredient" (2.2);
+    this measures what it costs. ``keep_mixture``: {y_i} stay the encoder's (the same CC
+    renders the image). Returns ``steps`` (0, ``every``, ..., ``steps``) and ``error``,
+    the squared error per pixel at those steps (``error[0]``: the encoder's codes),
+    and ``raw``, the codes found (N, code size)."""
+    from lab.autodiff import sum as tsum  # noqa: PLC0415
+    from lab.optim import Adam  # noqa: PLC0415
+    if steps < 0 or every < 1:
+        raise ValueError(f"code_search: steps must be >= 0 and every >= 1, got {steps}, {every}")
+    x = model._images(images).reshape(-1, model.n_pixels)
+    marks = sorted({0, steps, *range(every, steps, every)})
+    sq_sums = np.zeros(len(marks))
+    found = []
+    frozen = [(p, p.requires_grad) for p in model.params.values()]
+    try:
+        for p, _ in frozen:             # no weight gradients: only the codes move
+            p.requires_grad = False
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            target = Tensor(model._device_images(xb, model.dtype))
+            with no_grad():
+                enc = model.forward(xb, train=False)
+            raw = Tensor(enc["raw"].data.copy(), requires_grad=True)
+            mixture = enc.get("mixture") if keep_mixture else None
+            opt = Adam({"code": raw}, lr=lr)
+            for t in range(steps + 1):
+                out = model.decode_raw(raw, mixture=mixture)
+                diff = reshape(out["output"], target.shape) - target
+                loss = tsum(diff * diff)
+                if t in marks:
+                    sq_sums[marks.index(t)] += float(loss.item())
+                if t == steps:
+                    break
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            found.append(to_numpy(raw.data))
+    finally:
+        for p, requires in frozen:
+            p.requires_grad = requires
+    return {"steps": np.array(marks), "error": sq_sums / x.size, "raw": np.concatenate(found)}
 
 
 def load_metrics(path) -> list[dict]:

@@ -126,12 +126,21 @@ class CapsuleAutoencoder(abc.ABC):
         """Images (B,H,W) or (B,P) array/Tensor -> dict of Tensors (code parts and rendering)."""
         x = images if isinstance(images, Tensor) else Tensor(self._device_images(images, self.dtype))
         x = reshape(x, (x.shape[0], self.n_pixels))
-        raw = self.encoder.forward(x, train=train, stream=stream)
-        code = self._split_code(raw + self._offset(x), train, stream)
+        out = self.decode_raw(self.encoder.forward(x, train=train, stream=stream), train, stream)
+        out["input"] = x
+        return out
+
+    def decode_raw(self, raw: Tensor, train: bool = False, stream: RandomStream | None = None,
+                   mixture: Tensor | None = None) -> dict:
+        """The decoder half of ``forward``: the encoder's output ``raw`` (B, code size) ->
+        code Tensors and their rendering. ``mixture`` (B, C) replaces the manager's {y_i}
+        (``analysis.code_search`` keeps the encoder's choice of CC)."""
+        code = self._split_code(raw + self._offset(raw), train, stream)
+        if mixture is not None:
+            code["mixture"] = mixture
         code["raw"] = raw
         out = self._render(code, train, stream)
         out.update(code)
-        out["input"] = x
         return out
 
     def loss(self, images, train: bool = True, stream: RandomStream | None = None,

@@ -17,6 +17,10 @@ def register(subparsers) -> None:
                    help="in a run directory: final.npz (default) or best.npz (lowest held-out error)")
     p.add_argument("--seed", type=int, default=0, help="dropout seed of the with-dropout error")
     p.add_argument("--no-kmeans", action="store_true")
+    p.add_argument("--code-search", type=int, default=0, metavar="N",
+                   help="also find the first N test images' codes by gradient descent through "
+                        "the decoder (what the encoder costs, thesis 2.2)")
+    p.add_argument("--code-search-steps", type=int, default=300, metavar="STEPS")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=run)
@@ -26,6 +30,7 @@ def run(args) -> int:
     from lab.capsules.evaluate import evaluate_checkpoint  # noqa: PLC0415
     result = evaluate_checkpoint(args.path, args.which, n_test=args.n_test, n_train=args.n_train,
                                  seed=args.seed, kmeans=not args.no_kmeans, threads=args.threads,
-                                 data_path=args.data_dir)
+                                 data_path=args.data_dir, code_search_images=args.code_search,
+                                 code_search_steps=args.code_search_steps)
     print(json.dumps(result, indent=2))
     return 0
