@@ -10,7 +10,8 @@ One ``mnist-thesis`` training run on the GPU (the step replayed as a CUDA graph)
   the thesis: 1.74%) and k-means-10 accuracy, of the final and of the best checkpoint
   (``lab.capsules.evaluate``, on the device machine's CPU cores), then of a snapshot
   every ``--snapshot-every`` steps, for the wall time at which the 25-label error first
-  went below each of ``LABEL25_THRESHOLDS``;
+  went below each of ``LABEL25_THRESHOLDS``; for the final checkpoint also the error
+  with each test image's code found by gradient descent (``analysis.code_search``);
 - images/s, the training loss every 1,000 steps and how decisive the manager was (the
   held-out curve's ``valid_max_y_99``: the thesis's manager gave a y_i >= 0.99 for 80% of
   the images, 2.3.5).
@@ -53,6 +54,10 @@ LABEL25_THRESHOLDS = (0.2, 0.1, 0.05, 0.03, 0.0174)
 
 DEFAULT_SETS = ()
 
+#: Test images whose codes the final checkpoint's evaluation also finds by gradient
+#: descent (``lab eval capsules --code-search``): the encoder's share of the error.
+CODE_SEARCH_IMAGES = 500
+
 
 def read_metrics(path: Path) -> dict:
     """The held-out curve, the training terms every 1,000 steps, the rollbacks and the
@@ -90,11 +95,13 @@ def first_crossings(curve: list[dict], thresholds=THRESHOLDS,
     return out
 
 
-def evaluate(path: Path, n_test, n_train, threads: int) -> dict:
-    """``lab eval capsules`` on one checkpoint, with its wall time."""
+def evaluate(path: Path, n_test, n_train, threads: int, code_search: int = 0) -> dict:
+    """``lab eval capsules`` on one checkpoint (``--code-search code_search``), with its
+    wall time."""
     from lab.capsules.evaluate import evaluate_checkpoint  # noqa: PLC0415
     t0 = time.perf_counter()
-    result = evaluate_checkpoint(path, n_test=n_test, n_train=n_train, threads=threads)
+    result = evaluate_checkpoint(path, n_test=n_test, n_train=n_train, threads=threads,
+                                 code_search_images=code_search)
     return {**result, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -119,6 +126,10 @@ def table(result: dict) -> str:
                          + ("-" if lab25 is None else f"{100 * lab25:.2f}% (majority labels: "
                             f"{100 * ev['label25_error_majority_labels']:.2f}%)")
                          + f", k-means-10 {ev.get('kmeans10_accuracy')}")
+            if "code_search" in ev:
+                cs = ev["code_search"]
+                lines.append(f"       codes found by gradient descent ({cs['n_images']} test images): "
+                             f"{cs['encoder_error']:.5f} -> {cs['searched_error']:.5f}")
         elif ev is not None:
             lines.append(f"{which:>5}: {ev}")
     for point in result.get("label25_curve", []):
@@ -158,11 +169,11 @@ def main(argv=None) -> int:
     sets = parse_overrides(DEFAULT_SETS if args.sets is None else args.sets)
     if dry:
         config = get_config("mnist-quick", **{"eval_every": 5, "n_valid": 40, **sets})
-        minutes, n_test, n_train, snapshot_every = 0.05, 200, 500, 10
+        minutes, n_test, n_train, snapshot_every, n_search = 0.05, 200, 500, 10, 50
     else:
         config = get_config("mnist-thesis", **sets)
         minutes, n_test, n_train = args.minutes, args.n_test, args.n_train
-        snapshot_every = args.snapshot_every
+        snapshot_every, n_search = args.snapshot_every, CODE_SEARCH_IMAGES
     backend = Backend("gpu", np) if dry else get_backend("gpu")
     out_dir = args.out or Path(os.environ.get("OUT") or HERE / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +211,8 @@ def main(argv=None) -> int:
                 continue
             print(f"evaluating {which}.npz on the test set", flush=True)
             try:
-                result[f"eval_{which}"] = evaluate(ckpt, n_test, n_train, args.eval_threads)
+                result[f"eval_{which}"] = evaluate(ckpt, n_test, n_train, args.eval_threads,
+                                                   n_search if which == "final" else 0)
             except Exception as exc:  # noqa: BLE001 - keep the training results
                 result[f"eval_{which}"] = f"{type(exc).__name__}: {exc}"
             write()

@@ -64,7 +64,9 @@ def test_gpu_thesis_run_dry_run(tmp_path, capsys):
         assert ev["n_test"] == 200 and 0 < ev["recon_error_test_nodropout"] < 1
         assert 0 <= ev["label25_error"] <= 1
     assert res["eval_final"]["step"] == res["train"]["steps"]
-    assert res["eval_best"]["step"] == res["train"]["best"]["step"]
+    assert res["eval_best"]["step"] == res["train"]["best"]["step"] and "code_search" not in res["eval_best"]
+    search = res["eval_final"]["code_search"]          # the encoder's share of the error
+    assert search["n_images"] == 50 and search["searched_error"] < search["encoder_error"]
     # every snapshot (each 10th step in the dry run) evaluated, and the final state
     snapshot_steps = [s["step"] for s in res["snapshots"]]
     assert snapshot_steps == list(range(10, res["train"]["steps"] + 1, 10))
