@@ -19,9 +19,9 @@
 #          of a snapshot every 20,000 steps: the wall time at which the held-out error first
 #          went below 0.04 ... 0.0069 and the 25-label error below 20% ... 1.74% (the
 #          thesis's). Run part2 first if less than ~8 device minutes are left; run alone in a
-#          fresh session, `part2 7` fits one 10-minute call. The 2-minute H200 run of session 6 (older
-#          alphas) got worse past 10,000 steps; the CPU with the current preset has not (to
-#          step 103,505).
+#          fresh session, `part2 7` fits one 10-minute call. The 2-minute H200 run of session
+#          6 (older alphas) got worse past 10,000 steps; the CPU with the current preset has
+#          not (to step 103,505).
 set -u
 part=${1:?usage: device_checks.sh part1|part2}
 : "${OUT:?set OUT to the folder that comes back}"
