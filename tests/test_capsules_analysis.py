@@ -120,6 +120,8 @@ def test_code_search_finds_better_codes_than_the_encoder(model, images):
     direct = float(((model.reconstruct(images) - images) ** 2).mean())
     assert r["error"][0] == pytest.approx(direct, rel=1e-5)
     assert r["error"][2] < r["error"][1] < 0.9 * r["error"][0]
+    assert r["reconstruction"].shape == images.shape
+    assert float(((r["reconstruction"] - images) ** 2).mean()) == pytest.approx(r["error"][2], rel=1e-5)
     in_fives = an.code_search(model, images, steps=40, lr=0.05, every=20, batch_size=5)
     np.testing.assert_allclose(in_fives["error"], r["error"], rtol=1e-4)
     np.testing.assert_allclose(in_fives["raw"], r["raw"], rtol=1e-3, atol=1e-5)

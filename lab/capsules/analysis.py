@@ -174,7 +174,8 @@ def code_search(model: CapsuleAutoencoder, images, steps: int = 300, lr: float =
     this measures what it costs. ``keep_mixture``: {y_i} stay the encoder's (the same CC
     renders the image). Returns ``steps`` (0, ``every``, ..., ``steps``) and ``error``,
     the squared error per pixel at those steps (``error[0]``: the encoder's codes),
-    and ``raw``, the codes found (N, code size)."""
+    ``raw``, the codes found (N, code size), and ``reconstruction`` (N,H,W), their
+    rendering."""
     from lab.autodiff import sum as tsum  # noqa: PLC0415
     from lab.optim import Adam  # noqa: PLC0415
     if steps < 0 or every < 1:
@@ -182,7 +183,7 @@ def code_search(model: CapsuleAutoencoder, images, steps: int = 300, lr: float =
     x = model._images(images).reshape(-1, model.n_pixels)
     marks = sorted({0, steps, *range(every, steps, every)})
     sq_sums = np.zeros(len(marks))
-    found = []
+    found, renders = [], []
     frozen = [(p, p.requires_grad) for p in model.params.values()]
     try:
         for p, _ in frozen:             # no weight gradients: only the codes move
@@ -202,6 +203,7 @@ def code_search(model: CapsuleAutoencoder, images, steps: int = 300, lr: float =
                 if t in marks:
                     sq_sums[marks.index(t)] += float(loss.item())
                 if t == steps:
+                    renders.append(to_numpy(out["output"].data))
                     break
                 opt.zero_grad()
                 loss.backward()
@@ -210,7 +212,8 @@ def code_search(model: CapsuleAutoencoder, images, steps: int = 300, lr: float =
     finally:
         for p, requires in frozen:
             p.requires_grad = requires
-    return {"steps": np.array(marks), "error": sq_sums / x.size, "raw": np.concatenate(found)}
+    return {"steps": np.array(marks), "error": sq_sums / x.size, "raw": np.concatenate(found),
+            "reconstruction": np.concatenate(renders)}
 
 
 def load_metrics(path) -> list[dict]:
