@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cpu-dry-run", action="store_true",
-                    help="numpy in place of CuPy, mnist-quick, a few seconds: checks the script")
+                    help="numpy in place of CuPy, mnist-quick, 40 steps: checks the script")
     args = ap.parse_args(argv)
     from lab.backend import Backend, get_backend  # noqa: PLC0415
     from lab.capsules import get_config  # noqa: PLC0415
@@ -169,17 +169,18 @@ def main(argv=None) -> int:
     sets = parse_overrides(DEFAULT_SETS if args.sets is None else args.sets)
     if dry:
         config = get_config("mnist-quick", **{"eval_every": 5, "n_valid": 40, **sets})
-        minutes, n_test, n_train, snapshot_every, n_search = 0.05, 200, 500, 10, 50
+        # a step budget, not minutes: a loaded machine must still get through some steps
+        minutes, steps, n_test, n_train, snapshot_every, n_search = None, 40, 200, 500, 10, 50
     else:
         config = get_config("mnist-thesis", **sets)
-        minutes, n_test, n_train = args.minutes, args.n_test, args.n_train
+        minutes, steps, n_test, n_train = args.minutes, None, args.n_test, args.n_train
         snapshot_every, n_search = args.snapshot_every, CODE_SEARCH_IMAGES
     backend = Backend("gpu", np) if dry else get_backend("gpu")
     out_dir = args.out or Path(os.environ.get("OUT") or HERE / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / ("gpu_thesis_run_dry.json" if dry else "gpu_thesis_run.json")
     result = {"what": __doc__.split("\n\n")[0], "dry_run": dry, "config": config.to_dict(),
-              "overrides": sets, "seed": args.seed, "minutes": minutes,
+              "overrides": sets, "seed": args.seed, "minutes": minutes, "steps": steps,
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}
     if not dry:
         import cupy  # noqa: PLC0415
@@ -194,9 +195,10 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as run:
         run = Path(run)
-        print(f"training {config.name} for {minutes} min with {sets}", flush=True)
-        result["train"] = train_run(config, run, seed=args.seed, minutes=minutes, progress=False,
-                                    device=backend, checkpoint_seconds=1e9,
+        print(f"training {config.name} for {f'{minutes} min' if steps is None else f'{steps} steps'}"
+              f" with {sets}", flush=True)
+        result["train"] = train_run(config, run, seed=args.seed, minutes=minutes, steps=steps,
+                                    progress=False, device=backend, checkpoint_seconds=1e9,
                                     keep_every=snapshot_every)
         result.update(read_metrics(run / "metrics.jsonl"))
         result["first_crossings"] = first_crossings(result["held_out_curve"])
