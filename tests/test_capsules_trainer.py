@@ -240,22 +240,54 @@ def test_cli_train_and_eval(tmp_path, capsys):
 
 
 def test_fan_in_scaled_step_sizes(data):
-    from lab.capsules.trainer import fan_in_overrides
+    from lab.capsules.trainer import step_size_overrides
     from lab.optim import DEFAULT_ALPHAS
     cfg = tiny_config(encoder_hidden=40, step_fan_in_ref=16, optimizer="conservative",
                       optimizer_kwargs={})
     tr = CapsuleTrainer(cfg, data[0], data[1], seed=0)
-    over = fan_in_overrides(tr.model.params, "conservative", {}, 16)
+    over = step_size_overrides(tr.model.params, "conservative", {}, 16)
     # 64 input pixels and 40 hidden units feed encoder matrices: both wider than 16
     assert over["encoder.W1"]["alphas"][2] == pytest.approx(DEFAULT_ALPHAS[2] * 16 / 64)
     assert over["encoder.W2"]["alphas"][2] == pytest.approx(DEFAULT_ALPHAS[2] * 16 / 40)
     assert over["encoder.W2"]["alphas"][0] == DEFAULT_ALPHAS[0]        # the cap is not scaled
     assert "encoder.b1" not in over and "ccr.W1" not in over           # biases, narrow matrices
     assert tr.optimizer.hyper_for("encoder.W2")["alphas"] == over["encoder.W2"]["alphas"]
-    adam = fan_in_overrides(tr.model.params, "adam", {"lr": 0.01}, 16)
+    adam = step_size_overrides(tr.model.params, "adam", {"lr": 0.01}, 16)
     assert adam["encoder.W1"]["lr"] == pytest.approx(0.01 * 16 / 64)
-    assert fan_in_overrides(tr.model.params, "adam", {}, 0) == {}
+    assert step_size_overrides(tr.model.params, "adam", {}, 0) == {}
     tr.step()
+
+
+def test_encoder_step_scale(data):
+    """``encoder_step_scale``: every encoder step size times the factor, with or without
+    the fan-in scaling; one step equals a global ``scale_step_sizes`` for the encoder and
+    leaves the decoder's at full size."""
+    from lab.capsules.trainer import step_size_overrides
+    from lab.optim import DEFAULT_ALPHAS
+    params = CapsuleTrainer(tiny_config(encoder_hidden=40), data[0], data[1]).model.params
+    half = step_size_overrides(params, "conservative", {}, 16, encoder_scale=0.5)
+    assert half["encoder.b1"]["alphas"] == tuple(a * 0.5 for a in DEFAULT_ALPHAS)
+    a1, a2, a3, a4 = DEFAULT_ALPHAS
+    assert half["encoder.W1"]["alphas"] == pytest.approx((a1 / 2, a2 / 8, a3 / 8, a4 / 8))
+    assert not any(k.startswith("ccr.") or k.startswith("acs.") for k in half)
+    assert step_size_overrides(params, "sgd", {}, 0, 0.5)["encoder.W1"] == {"lr": 0.005}
+    assert step_size_overrides(params, "adam", {"lr": 0.02}, 0, 0.5)["encoder.bo"] == {"lr": 0.01}
+    with pytest.raises(ValueError, match="encoder_step_scale must be a number > 0"):
+        step_size_overrides(params, "adam", {}, 0, 0.0)
+    cfg = dict(optimizer="conservative", optimizer_kwargs={})
+    scaled = CapsuleTrainer(tiny_config(encoder_step_scale=0.5, **cfg), data[0], data[1], seed=0)
+    whole = CapsuleTrainer(tiny_config(**cfg), data[0], data[1], seed=0)
+    whole.optimizer.scale_step_sizes(0.5)
+    start = params_of(whole)
+    scaled.step()
+    whole.step()
+    after_s, after_w = params_of(scaled), params_of(whole)
+    for k in start:
+        if k.startswith("encoder."):
+            np.testing.assert_array_equal(after_s[k], after_w[k], err_msg=k)
+    moved = [k for k in start if not k.startswith("encoder.")
+             and not np.array_equal(after_s[k] - start[k], after_w[k] - start[k])]
+    assert "ccr.W1" in moved and "acs.templates" in moved
 
 
 def test_resume_continues_from_the_final_state_not_an_older_checkpoint(data, tmp_path):
@@ -306,13 +338,19 @@ def test_resume_takes_the_checkpoints_config_and_only_schedule_overrides(data, t
         summary = train_run(None, tmp_path / "a", steps=2, progress=False, resume=True,
                             checkpoint_seconds=1e9, seed=2,         # restated, not changed
                             resume_overrides={"plateau_patience": 4, "eval_every": 1,
+                                              "encoder_step_scale": 0.5,
                                               "n_components": 3})   # restated, not changed
     assert ld.call_args.args[0].n_components == 3 and summary["config"] == "tiny"
     assert summary["seed"] == 2 and summary["optimizer"] == "adam"
     final = load_checkpoint(tmp_path / "a" / "final.npz")[1]["config"]
     assert (final["plateau_patience"], final["eval_every"], final["n_components"]) == (4, 1, 3)
+    assert final["encoder_step_scale"] == 0.5
     events = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert {"event": "resume_overrides", "step": 3, "plateau_patience": 4, "eval_every": 1} in events
+    assert {"event": "resume_overrides", "step": 3, "plateau_patience": 4, "eval_every": 1,
+            "encoder_step_scale": 0.5} in events
+    resumed = CapsuleTrainer.load(tmp_path / "a" / "final.npz", data[0], data[1])
+    assert resumed.optimizer.hyper_for("encoder.W1")["lr"] == pytest.approx(0.5 * 1e-2)
+    assert resumed.optimizer.hyper_for("ccr.W1")["lr"] == pytest.approx(1e-2)
     assert sum("valid_recon_nodropout" in e for e in events if e.get("step", 0) > 3) == 2
     with pytest.raises(ValueError, match="only eval_every, plateau_patience"):
         CapsuleTrainer.load(tmp_path / "a" / "final.npz", data[0], data[1],
@@ -320,6 +358,9 @@ def test_resume_takes_the_checkpoints_config_and_only_schedule_overrides(data, t
     with pytest.raises(ValueError, match="plateau_patience=-1"):
         CapsuleTrainer.load(tmp_path / "a" / "final.npz", data[0], data[1],
                             overrides={"plateau_patience": -1})
+    with pytest.raises(ValueError, match="encoder_step_scale=0: expected a number > 0"):
+        CapsuleTrainer.load(tmp_path / "a" / "final.npz", data[0], data[1],
+                            overrides={"encoder_step_scale": 0})
     assert main(["train", "capsules", "--steps", "1", "--resume", "--out", str(tmp_path / "a"),
                  "--set", "batch_size=8"]) == 2
     assert "--set batch_size: a resumed run keeps its checkpoint's config" in capsys.readouterr().err

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 
@@ -80,6 +81,7 @@ class CapsuleConfig:
     optimizer: str = "conservative"
     optimizer_kwargs: dict = field(default_factory=dict)
     step_fan_in_ref: int = 0          # > 0: step sizes of wider matrices scaled by ref/fan_in
+    encoder_step_scale: float = 1.0   # the encoder's step sizes times this (resumable)
     weight_decay: float = 1e-6        # α of Σ max(0, |θ| - 0.1)² (2.4.5)
     determinant_alpha: float = 1.0    # α of max(0, s - det)², per AC per case (2.4.5)
     usage_alpha: float = 0.01         # α of Σ_i log mean_j y_ij (2.4.5)
@@ -142,9 +144,10 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-# What ``--resume --set`` may change: the training schedule, read afresh at every step.
-# Everything else is baked into the checkpoint's parameters or optimizer state.
-RESUMABLE_FIELDS = ("eval_every", "plateau_patience")
+# What ``--resume --set`` may change: the training schedule, read afresh at every step,
+# and the encoder's step sizes (the trainer builds its optimizer's overrides from the
+# config). Everything else is baked into the checkpoint's parameters or optimizer state.
+RESUMABLE_FIELDS = ("eval_every", "plateau_patience", "encoder_step_scale")
 
 
 class ResumeConfigError(ValueError):
@@ -163,7 +166,10 @@ def resume_changes(saved: dict, overrides: dict) -> dict:
                          f"only {', '.join(RESUMABLE_FIELDS)} can change (start a fresh run in "
                          "another directory to change the rest)")
     for key, value in changes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if key == "encoder_step_scale":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ResumeConfigError(f"--set {key}={value!r}: expected a number > 0")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ResumeConfigError(f"--set {key}={value!r}: expected a whole number >= 0")
     return changes
 

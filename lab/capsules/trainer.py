@@ -33,7 +33,9 @@ by ``benchmarks/gpu_check.py`` (``benchmarks/results/gpu_*.json``).
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -82,8 +84,8 @@ class CapsuleTrainer:
         self.model: CapsuleAutoencoder = build_model(config, seed=self.seed, backend=self.backend)
         self.optimizer_name = optimizer or config.optimizer
         kwargs = dict(config.optimizer_kwargs) if self.optimizer_name == config.optimizer else {}
-        overrides = fan_in_overrides(self.model.params, self.optimizer_name, kwargs,
-                                     config.step_fan_in_ref)
+        overrides = step_size_overrides(self.model.params, self.optimizer_name, kwargs,
+                                        config.step_fan_in_ref, config.encoder_step_scale)
         if overrides:
             kwargs["overrides"] = overrides
         self.optimizer = make_optimizer(self.optimizer_name, self.model.params, **kwargs)
@@ -439,29 +441,40 @@ class CapsuleTrainer:
         return trainer
 
 
-def fan_in_overrides(params: dict, optimizer: str, kwargs: dict, ref: int) -> dict:
-    """Per-matrix step sizes scaled by ``min(1, ref / fan_in)`` (``ref`` > 0), for
-    optimizers whose steps are per element (Adam; the conservative optimizer's rules 2-4).
+def step_size_overrides(params: dict, optimizer: str, kwargs: dict, fan_in_ref: int = 0,
+                        encoder_scale: float = 1.0) -> dict:
+    """Per-parameter step sizes, as optimizer ``overrides``.
 
-    Such a step moves every weight into a unit by about the same amount, so the unit's
-    input moves by ~fan_in times that: the thesis's 666-unit GPNNs then swing their
-    poses far more per step than a 200-unit one (measured: held-out error stuck at the
-    mean image's level for the thesis model at the default step sizes). Rule 1 (the
-    emergency cap on a single value) is not scaled.
+    ``fan_in_ref`` > 0: matrices with a wider fan-in get their step sizes scaled by
+    ``fan_in_ref / fan_in`` (Adam; the conservative optimizer's rules 2-4, not rule 1's
+    emergency cap). Such a step moves every weight into a unit by about the same amount,
+    so the unit's input moves by ~fan_in times that: the thesis's 666-unit GPNNs then
+    swing their poses far more per step than a 200-unit one (measured: held-out error
+    stuck at the mean image's level for the thesis model at the default step sizes).
+
+    ``encoder_scale``: every encoder parameter's step sizes times this (all of them, as
+    a plateau cut does; any optimizer). Halving them from step 103,505 of the CPU's
+    ``mnist-thesis`` run lowered the test error without stopping the 25-label error
+    (session 15, ``capsules_runs_cpu.json``).
     """
-    if not ref or ref <= 0:
-        return {}
-    from lab.optim import DEFAULT_ALPHAS  # noqa: PLC0415
+    from lab.optim import DEFAULT_ALPHAS, OPTIMIZERS  # noqa: PLC0415
+    if not 0 < encoder_scale < math.inf:
+        raise ValueError(f"encoder_step_scale must be a number > 0, got {encoder_scale!r}")
     out = {}
     for name, p in params.items():
-        if p.ndim != 2 or p.shape[0] <= ref:
+        f = 1.0
+        if fan_in_ref > 0 and optimizer in ("adam", "conservative") and p.ndim == 2 \
+                and p.shape[0] > fan_in_ref:
+            f = fan_in_ref / p.shape[0]
+        s = float(encoder_scale) if name.startswith("encoder.") else 1.0
+        if f == 1.0 and s == 1.0:
             continue
-        f = ref / p.shape[0]
-        if optimizer == "adam":
-            out[name] = {"lr": float(kwargs.get("lr", 1e-3)) * f}
-        elif optimizer == "conservative":
+        if optimizer == "conservative":
             a1, a2, a3, a4 = (float(a) for a in kwargs.get("alphas", DEFAULT_ALPHAS))
-            out[name] = {"alphas": (a1, a2 * f, a3 * f, a4 * f)}
+            out[name] = {"alphas": (a1 * s, a2 * f * s, a3 * f * s, a4 * f * s)}
+        elif optimizer in OPTIMIZERS:
+            default = inspect.signature(OPTIMIZERS[optimizer]).parameters["lr"].default
+            out[name] = {"lr": float(kwargs.get("lr", default)) * f * s}
     return out
 
 

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in DIR, with its config, seed and "
                         "optimizer (--config, --seed, --optimizer and --set, where given, must equal "
-                        "the checkpoint's, except --set eval_every and plateau_patience)")
+                        "the checkpoint's, except --set eval_every, plateau_patience and "
+                        "encoder_step_scale)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
                    help="save DIR/ckpt-STEP.npz this often (the newest 3 are kept)")
     p.add_argument("--keep-every", type=int, default=None, metavar="STEPS",
