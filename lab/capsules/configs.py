@@ -14,12 +14,15 @@ keyword hyperparameters (sklearn's habit: a dashboard can build controls from
   between from the start instead of CCs that all learn the same thing from the 1/25
   of the images the RMM's noise hands each (seed 0, 25-label error: 62.8% at step
   15,879 with scale 1, 29.6% at 14,791 with scale 4). On the 2-core CPU (~1,750
-  images/s on one thread) seed 0 reached a 25-label error of 4.66% in 103,505 steps
-  (478 minutes), still falling, with a test error of 0.0134-0.0152 per pixel (20-22.5%
+  images/s on one thread) seed 0 reached a 25-label error of 4.39% in 135,284 steps
+  (603 minutes), still falling, with a test error of 0.0132-0.0152 per pixel (19.5-22.5%
   of variance) from snapshot to snapshot; the same run with ``plateau_patience=10`` from
-  step 74,273 reached 0.0129 (19.1%) but stayed at 5.0%; seed 1 8.4% at step 63,579
-  (thesis: 0.0069, 1.74%; every run in
-  benchmarks/results/capsules_runs_cpu.json and notebook 15). Known hazards for long runs:
+  step 74,273 reached 0.0129 (19.1%) but stayed at 5.0%; with ``encoder_step_scale=0.5``
+  from step 103,505 the error was smoother and a little lower, the 25-label error a
+  little higher (4.51% at step 131,241); seed 1 8.4% at step 63,579 (thesis: 0.0069,
+  1.74%; every run in benchmarks/results/capsules_runs_cpu.json and notebook 15). The
+  encoder holds the error up: with codes found by gradient descent the decoder renders
+  test images to 0.0042 (``analysis.code_search``). Known hazards for long runs:
   with per-element step rules (Adam, or these alphas at 1e-3) the 666-unit GPNNs move
   the poses so far in the first ~20 steps that the CC intensity collapses and the ACs
   leave the canvas (output all zero, gradients gone); ``step_fan_in_ref=200`` plus
