@@ -272,8 +272,9 @@ def test_encoder_step_scale(data):
     assert not any(k.startswith("ccr.") or k.startswith("acs.") for k in half)
     assert step_size_overrides(params, "sgd", {}, 0, 0.5)["encoder.W1"] == {"lr": 0.005}
     assert step_size_overrides(params, "adam", {"lr": 0.02}, 0, 0.5)["encoder.bo"] == {"lr": 0.01}
-    with pytest.raises(ValueError, match="encoder_step_scale must be a number > 0"):
-        step_size_overrides(params, "adam", {}, 0, 0.0)
+    for bad in (0.0, -1, float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="encoder_step_scale=.*: expected a number > 0"):
+            tiny_config(encoder_step_scale=bad)
     cfg = dict(optimizer="conservative", optimizer_kwargs={})
     scaled = CapsuleTrainer(tiny_config(encoder_step_scale=0.5, **cfg), data[0], data[1], seed=0)
     whole = CapsuleTrainer(tiny_config(**cfg), data[0], data[1], seed=0)

@@ -96,6 +96,11 @@ class CapsuleConfig:
                                       # evaluations without a new best (0: constant, as 2.5.3)
     plateau_cut: float = 0.5          # the step-size factor of such a cut
 
+    def __post_init__(self):
+        if isinstance(self.encoder_step_scale, bool) or not isinstance(
+                self.encoder_step_scale, (int, float)) or not 0 < self.encoder_step_scale < math.inf:
+            raise ValueError(f"encoder_step_scale={self.encoder_step_scale!r}: expected a number > 0")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -168,11 +173,9 @@ def resume_changes(saved: dict, overrides: dict) -> dict:
         raise ResumeConfigError(f"--set {', '.join(fixed)}: a resumed run keeps its checkpoint's config; "
                          f"only {', '.join(RESUMABLE_FIELDS)} can change (start a fresh run in "
                          "another directory to change the rest)")
-    for key, value in changes.items():
-        if key == "encoder_step_scale":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ResumeConfigError(f"--set {key}={value!r}: expected a number > 0")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    for key, value in changes.items():      # (encoder_step_scale: checked by CapsuleConfig)
+        if key != "encoder_step_scale" and (isinstance(value, bool) or not isinstance(value, int)
+                                            or value < 0):
             raise ResumeConfigError(f"--set {key}={value!r}: expected a whole number >= 0")
     return changes
 

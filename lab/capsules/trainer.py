@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import math
 import threading
 import time
 from pathlib import Path
@@ -458,8 +457,6 @@ def step_size_overrides(params: dict, optimizer: str, kwargs: dict, fan_in_ref: 
     (session 15, ``capsules_runs_cpu.json``).
     """
     from lab.optim import DEFAULT_ALPHAS, OPTIMIZERS  # noqa: PLC0415
-    if not 0 < encoder_scale < math.inf:
-        raise ValueError(f"encoder_step_scale must be a number > 0, got {encoder_scale!r}")
     out = {}
     for name, p in params.items():
         f = 1.0
