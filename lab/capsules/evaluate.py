@@ -53,34 +53,38 @@ def linear_code_size(model: CapsuleAutoencoder) -> int:
     return int(model.code_offset.size)
 
 
+def recon_errors(model: CapsuleAutoencoder, images, split: str, seed: int = 0) -> dict:
+    """``recon_error_{split}_{dropout,nodropout}`` and their ``_percent_variance`` (of
+    ``images``' own variance): two of fig 2.14's four numbers. ``seed``: the dropout's."""
+    from lab.evaluation import data_variance, reconstruction_error  # noqa: PLC0415
+    var = data_variance(images)
+    out = {}
+    for name, recon in (("dropout", model.reconstruct(images, dropout=True, seed=seed)),
+                        ("nodropout", model.reconstruct(images, dropout=False))):
+        e = reconstruction_error(images, recon, var)
+        out[f"recon_error_{split}_{name}"] = e["mse_per_pixel"]
+        out[f"recon_error_{split}_{name}_percent_variance"] = e["percent_of_variance"]
+    return out
+
+
 def evaluate_model(model: CapsuleAutoencoder, data: dict, n_test: int | None = None,
                    n_train: int | None = None, seed: int = 0, kmeans: bool = True,
                    code_search_images: int = 0, code_search_steps: int = 300) -> dict:
     """``data`` as ``lab.capsules.data.load_data``; returns a JSON-able dict.
     ``code_search_images`` > 0: also ``code_search`` on that many test images."""
     from lab.evaluation import (data_variance, kmeans10_accuracy, label25_error,  # noqa: PLC0415
-                                pca_baseline, reconstruction_error)
+                                pca_baseline)
     test_x, test_y = data["test"]
     train_x, train_y = data["train"]
     if n_test is not None:
         test_x, test_y = test_x[:n_test], (None if test_y is None else test_y[:n_test])
     if n_train is not None:
         train_x, train_y = train_x[:n_train], (None if train_y is None else train_y[:n_train])
-
-    def errors(x, split: str) -> dict:
-        var = data_variance(x)
-        out = {}
-        for name, recon in (("dropout", model.reconstruct(x, dropout=True, seed=seed)),
-                            ("nodropout", model.reconstruct(x, dropout=False))):
-            e = reconstruction_error(x, recon, var)
-            out[f"recon_error_{split}_{name}"] = e["mse_per_pixel"]
-            out[f"recon_error_{split}_{name}_percent_variance"] = e["percent_of_variance"]
-        return out
-
     var = data_variance(test_x)
-    out = {"n_test": int(len(test_x)), "data_variance": var, **errors(test_x, "test"),
+    out = {"n_test": int(len(test_x)), "data_variance": var,
+           **recon_errors(model, test_x, "test", seed),
            "n_train_recon": int(min(len(train_x), TRAIN_RECON_IMAGES)),
-           **errors(train_x[:TRAIN_RECON_IMAGES], "train"),
+           **recon_errors(model, train_x[:TRAIN_RECON_IMAGES], "train", seed),
            "label25_error": None, "kmeans10_accuracy": None}
     if code_search_images > 0:
         from lab.capsules.analysis import code_search  # noqa: PLC0415
